@@ -1,0 +1,57 @@
+"""MLP width family: ``depth`` hidden layers of ``width`` units."""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+from overparam_lit.models.base import OverparamModule
+from overparam_lit.utils import check
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "gelu": nn.GELU,
+    "sigmoid": nn.Sigmoid,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "identity": nn.Identity,
+}
+
+
+class MLP(OverparamModule):
+    """Fully connected net: flatten, ``depth`` x (Linear(width) -> activation), Linear(out).
+
+    Args:
+        depth: number of hidden layers (>= 1).
+        activation: one of relu, tanh, gelu, sigmoid, silu, leaky_relu, identity.
+        bias: whether linear layers have biases.
+        **kwargs: ``width``, optimizer, scheduler and the linked data arguments of
+            :class:`OverparamModule`.
+    """
+
+    def __init__(self, depth: int = 2, activation: str = "relu", bias: bool = True, **kwargs) -> None:
+        check(
+            isinstance(depth, int) and depth >= 1,
+            "MLP depth must be an integer >= 1",
+            depth,
+            "Set --model.depth to the number of hidden layers, e.g. 2.",
+        )
+        check(
+            activation in ACTIVATIONS,
+            "unknown activation",
+            activation,
+            f"Set --model.activation to one of {', '.join(ACTIVATIONS)}.",
+        )
+        self.depth, self.activation, self.bias = depth, activation, bias
+        super().__init__(**kwargs)
+
+    def build_network(self) -> nn.Module:
+        layers: list[nn.Module] = [nn.Flatten()]
+        fan_in = math.prod(self.input_shape)
+        for _ in range(self.depth):
+            layers += [nn.Linear(fan_in, self.width, bias=self.bias), ACTIVATIONS[self.activation]()]
+            fan_in = self.width
+        layers.append(nn.Linear(fan_in, self.num_classes, bias=self.bias))
+        return nn.Sequential(*layers)

@@ -1,0 +1,113 @@
+"""Small helpers shared by the CLI, modules and callbacks: run folders, atomic writes, logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+class ConfigError(ValueError):
+    """Bad user input, found before training starts.
+
+    The message says what was wrong, the value given, and how to fix it; the CLI prints it
+    as one paragraph without a traceback.
+    """
+
+
+def check(condition: bool, what: str, value: Any, fix: str) -> None:
+    """Raise :class:`ConfigError` with a uniform message unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(f"{what} (got {value!r}). {fix}")
+
+
+def run_dir(trainer: Any) -> Path:
+    """The run directory of a trainer: ``trainer.default_root_dir``.
+
+    It holds ``config.yaml``, ``metrics.csv``, ``checkpoints/`` and the callbacks' artifacts
+    (``imp/``, ``hessian/``, ``regions/``).
+    """
+    return Path(trainer.default_root_dir)
+
+
+def _atomic_write(path: Path, write: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save`` to ``path`` through a temporary file and a rename (never a half file)."""
+    return _atomic_write(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def atomic_save_npz(path: str | Path, **arrays: Any) -> Path:
+    """``numpy.savez_compressed`` to ``path`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    return _atomic_write(Path(path), write)
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` as indented JSON to ``path`` atomically."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False)
+            fh.write("\n")
+
+    return _atomic_write(Path(path), write)
+
+
+def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """Save a matplotlib figure atomically (format from the suffix of ``path``)."""
+    path = Path(path)
+    fmt = path.suffix.lstrip(".") or "png"
+    return _atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, **kwargs))
+
+
+def log_scalars(trainer: Any, metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log scalar metrics to every logger of ``trainer`` (W&B and CSV alike), rank zero only.
+
+    Use this from callbacks for level-wise or probe-wise series; include the series' own x
+    axis in ``metrics`` (for example ``imp/level``), which W&B plots against through
+    ``define_metric`` (set up by the CLI).
+    """
+    if trainer.global_rank != 0:
+        return
+    clean = {k: float(v.item() if torch.is_tensor(v) else v) for k, v in metrics.items()}
+    step = trainer.global_step if step is None else step
+    for logger in trainer.loggers:
+        logger.log_metrics(clean, step=step)
+
+
+def log_image(trainer: Any, key: str, path: str | Path, caption: str | None = None) -> None:
+    """Log a saved picture to W&B if a W&B logger is attached (rank zero only)."""
+    if trainer.global_rank != 0:
+        return
+    from lightning.pytorch.loggers import WandbLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.experiment.log(
+                {key: wandb.Image(str(path), caption=caption), "trainer/global_step": trainer.global_step}
+            )
