@@ -55,3 +55,26 @@ class MLP(OverparamModule):
             fan_in = self.width
         layers.append(nn.Linear(fan_in, self.num_classes, bias=self.bias))
         return nn.Sequential(*layers)
+
+
+class LeNet300100(OverparamModule):
+    """LeNet-300-100 of Frankle & Carbin (2019): hidden layers of ``width`` and ``width // 3``
+    ReLU units (``width=300`` is the original 784-300-100-10 net, 266,610 parameters)."""
+
+    def __init__(self, width: int = 300, **kwargs) -> None:
+        check(
+            isinstance(width, int) and width >= 3,
+            "LeNet300100 width must be an integer >= 3 (the second layer has width // 3 units)",
+            width,
+            "Set --model.width, e.g. 300.",
+        )
+        super().__init__(width=width, **kwargs)
+
+    def build_network(self) -> nn.Module:
+        fan_in, w = math.prod(self.input_shape), self.width
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(fan_in, w), nn.ReLU(),
+            nn.Linear(w, w // 3), nn.ReLU(),
+            nn.Linear(w // 3, self.num_classes),
+        )

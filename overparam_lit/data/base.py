@@ -1,0 +1,226 @@
+"""``ArrayDataModule``: small data sets held as tensors on the training device, batched by indexing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from overparam_lit.data.noise import check_noise, corrupt_labels
+from overparam_lit.utils import check
+
+Augment = Callable[[Tensor, torch.Generator], Tensor]
+
+
+class TensorBatches:
+    """An iterable of ``(x, y, y_true)`` batches cut from tensors by indexing.
+
+    The tensors are moved once to ``device`` (the training device); every epoch draws a
+    fresh permutation from ``seed`` and the epoch number, so runs (and resumed runs) see the
+    same order. Under DDP each rank takes every ``world_size``-th index of the permutation,
+    training shards trimmed to equal length so every rank takes the same number of steps.
+    """
+
+    def __init__(
+        self,
+        tensors: tuple[Tensor, Tensor, Tensor],
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        epoch_fn: Callable[[], int] = lambda: 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+        augment: Augment | None = None,
+        drop_last: bool = False,
+    ) -> None:
+        self.tensors = tuple(t.to(device) for t in tensors)
+        self.batch_size = int(batch_size)
+        self.shuffle, self.seed, self.epoch_fn = shuffle, int(seed), epoch_fn
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.augment, self.drop_last = augment, drop_last
+        self.device = torch.device(device)
+        n = self.tensors[0].shape[0]
+        self.shard_size = n // self.world_size if shuffle else len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.shard_size // self.batch_size
+        return -(-self.shard_size // self.batch_size)
+
+    def _indices(self, gen: torch.Generator) -> Tensor:
+        n = self.tensors[0].shape[0]
+        order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
+        return order[self.rank :: self.world_size][: self.shard_size].to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.epoch_fn()))
+        idx = self._indices(gen)
+        x, y, y_true = self.tensors
+        bs = self.batch_size
+        for i in range(len(self)):
+            b = idx[i * bs : (i + 1) * bs]
+            xb = x[b]
+            if self.augment is not None:
+                xb = self.augment(xb, gen)
+            yield xb, y[b], y_true[b]
+
+
+class ArrayDataModule(L.LightningDataModule):
+    """Base of every overparam-lit data module.
+
+    Subclasses set ``input_shape``, ``num_classes`` and ``task`` in ``__init__`` (the CLI links
+    them into the model) and implement :meth:`load`. The base class owns what every data set
+    shares: ``train_subset``, a validation split, label noise (both label sets are kept),
+    batching on the device, and a fixed :meth:`probe_set` for the study callbacks.
+
+    Args:
+        batch_size: training batch size (per process under DDP).
+        eval_batch_size: batch size for validation and test.
+        label_noise: fraction of corrupted labels in [0, 1); applied to the training set,
+            and with other seeds to the validation and test sets for the noisy test error.
+        noise_model: ``uniform_incorrect``, ``uniform`` or ``balanced_flip``.
+        noise_seed: seed of the label noise (independent of the model seed).
+        train_subset: keep this many training samples (drawn with ``subset_seed``).
+        subset_seed: seed of the subset draw and the validation split.
+        val_size: training samples held out for validation; 0 validates on the test split.
+        shuffle_seed: seed of the per-epoch batch order.
+    """
+
+    input_shape: tuple[int, ...] = ()
+    num_classes: int = 0
+    task: Literal["classification", "regression"] = "classification"
+
+    def __init__(
+        self,
+        batch_size: int = 100,
+        eval_batch_size: int = 1000,
+        label_noise: float = 0.0,
+        noise_model: str = "uniform_incorrect",
+        noise_seed: int = 0,
+        train_subset: int | None = None,
+        subset_seed: int = 0,
+        val_size: int = 0,
+        shuffle_seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check(batch_size >= 1, "batch_size must be >= 1", batch_size, "Set --data.batch_size.")
+        check(
+            eval_batch_size >= 1, "eval_batch_size must be >= 1", eval_batch_size,
+            "Set --data.eval_batch_size.",
+        )
+        check_noise(label_noise, noise_model)
+        check(
+            train_subset is None or train_subset >= 1,
+            "train_subset must be a positive number of samples",
+            train_subset,
+            "Set --data.train_subset to e.g. 1000, or leave it unset for all samples.",
+        )
+        check(val_size >= 0, "val_size must be >= 0", val_size, "Set --data.val_size.")
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.label_noise, self.noise_model, self.noise_seed = float(label_noise), noise_model, noise_seed
+        self.train_subset, self.subset_seed, self.val_size = train_subset, subset_seed, int(val_size)
+        self.shuffle_seed = int(shuffle_seed)
+        self.splits: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+
+    # ---- what a data set provides ---------------------------------------------------------
+    def load(self) -> dict[str, Tensor]:
+        """Return ``x_train``, ``y_train``, ``x_test``, ``y_test`` as CPU tensors (float inputs
+        of shape ``(N, *input_shape)``; long labels, or float targets for regression)."""
+        raise NotImplementedError
+
+    def train_augment(self) -> Augment | None:
+        """Batch augmentation applied on the device to training batches (none by default)."""
+        return None
+
+    # ---- shared machinery -------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Load once, then apply subset, validation split and label noise."""
+        if self.splits:
+            return
+        raw = self.load()
+        x, y = raw["x_train"], raw["y_train"]
+        n = x.shape[0]
+        gen = torch.Generator().manual_seed(int(self.subset_seed))
+        order = torch.randperm(n, generator=gen)
+        check(
+            self.val_size < n,
+            "val_size must be smaller than the training set",
+            self.val_size,
+            f"The training set has {n} samples; choose a smaller --data.val_size.",
+        )
+        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        if self.train_subset is not None:
+            check(
+                self.train_subset <= train_idx.numel(),
+                f"train_subset is larger than the {train_idx.numel()} training samples available",
+                self.train_subset,
+                f"Set --data.train_subset to at most {train_idx.numel()}.",
+            )
+            train_idx = train_idx[: self.train_subset].sort().values
+        splits = {"train": (x[train_idx], y[train_idx]), "test": (raw["x_test"], raw["y_test"])}
+        if self.val_size > 0:
+            splits["val"] = (x[val_idx], y[val_idx])
+        for i, (name, (xs, ys)) in enumerate(splits.items()):
+            if self.task == "classification" and self.label_noise > 0:
+                noisy = corrupt_labels(
+                    ys, self.num_classes, self.label_noise, self.noise_model, self.noise_seed + 7919 * i
+                )
+            else:
+                noisy = ys.clone()
+            self.splits[name] = (xs.float().contiguous(), noisy, ys)
+        if "val" not in self.splits:
+            self.splits["val"] = self.splits["test"]
+
+    def _batches(self, split: str, train: bool) -> TensorBatches:
+        self.setup()
+        trainer = self.trainer
+        device = trainer.strategy.root_device if trainer is not None else torch.device("cpu")
+        return TensorBatches(
+            self.splits[split],
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            seed=self.shuffle_seed,
+            epoch_fn=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+            device=device,
+            augment=self.train_augment() if train else None,
+        )
+
+    def train_dataloader(self) -> TensorBatches:
+        return self._batches("train", train=True)
+
+    def val_dataloader(self) -> TensorBatches:
+        return self._batches("val", train=False)
+
+    def test_dataloader(self) -> TensorBatches:
+        return self._batches("test", train=False)
+
+    def predict_dataloader(self) -> TensorBatches:
+        return self._batches("test", train=False)
+
+    def probe_set(
+        self, num_samples: int | None = None, split: str = "train", seed: int = 0
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """A fixed set ``(x, y, y_true)`` of CPU tensors for the study callbacks.
+
+        The same ``num_samples``, ``split`` and ``seed`` always give the same samples, in the
+        same order; ``None`` gives the whole split in its stored order.
+        """
+        self.setup()
+        check(split in self.splits, "unknown split", split, "Use 'train', 'val' or 'test'.")
+        x, y, y_true = self.splits[split]
+        if num_samples is None:
+            return x, y, y_true
+        check(
+            1 <= num_samples <= x.shape[0],
+            f"probe set size must be between 1 and the {x.shape[0]} samples of '{split}'",
+            num_samples,
+            "Choose a smaller probe size.",
+        )
+        idx = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:num_samples]
+        return x[idx], y[idx], y_true[idx]

@@ -1,0 +1,67 @@
+"""MNIST-1D (Greydanus 2020), generated locally by the ``mnist1d`` package: no download."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.utils import check
+
+
+def generate_mnist1d(num_samples: int = 5000, train_split: float = 0.8, seed: int = 42) -> dict:
+    """Generate MNIST-1D with the package's own recipe, restoring numpy's and Python's global
+    random state afterwards (the package reseeds both)."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        args = get_dataset_args()
+        args.num_samples, args.train_split, args.seed = num_samples, train_split, seed
+        return make_dataset(args)
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+class MNIST1D(ArrayDataModule):
+    """MNIST-1D: 10 classes of length-40 signals, inputs of shape ``(1, 40)``.
+
+    The default (5000 samples, 80% train, seed 42) is the package's standard split:
+    4000 train and 1000 test samples. Other arguments are those of ``ArrayDataModule``.
+
+    Args:
+        num_samples: total samples generated (train + test).
+        train_split: fraction of them used for training.
+        generation_seed: seed of the generator (42 is the published data set).
+    """
+
+    input_shape = (1, 40)
+    num_classes = 10
+    task = "classification"
+
+    def __init__(
+        self,
+        num_samples: int = 5000,
+        train_split: float = 0.8,
+        generation_seed: int = 42,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        check(num_samples >= 20, "num_samples must be >= 20", num_samples, "Set --data.num_samples.")
+        check(
+            0 < train_split < 1, "train_split must lie in (0, 1)", train_split,
+            "Set --data.train_split, e.g. 0.8.",
+        )
+        self.num_samples, self.train_split, self.generation_seed = num_samples, train_split, generation_seed
+
+    def load(self) -> dict[str, torch.Tensor]:
+        d = generate_mnist1d(self.num_samples, self.train_split, self.generation_seed)
+        return {
+            "x_train": torch.from_numpy(d["x"]).float().unsqueeze(1),
+            "y_train": torch.from_numpy(d["y"]).long(),
+            "x_test": torch.from_numpy(d["x_test"]).float().unsqueeze(1),
+            "y_test": torch.from_numpy(d["y_test"]).long(),
+        }

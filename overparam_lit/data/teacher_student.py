@@ -1,0 +1,91 @@
+"""Teacher-student data: Gaussian inputs labelled by a random teacher MLP."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.utils import check
+
+
+def make_teacher(
+    input_dim: int, teacher_width: int, teacher_depth: int, out_dim: int, seed: int
+) -> nn.Module:
+    """A random ReLU MLP teacher, initialised from its own seed (global RNG untouched)."""
+    gen = torch.Generator().manual_seed(seed)
+    layers: list[nn.Module] = []
+    fan_in = input_dim
+    for _ in range(teacher_depth):
+        layers += [nn.Linear(fan_in, teacher_width), nn.ReLU()]
+        fan_in = teacher_width
+    layers.append(nn.Linear(fan_in, out_dim))
+    teacher = nn.Sequential(*layers)
+    with torch.no_grad():
+        for layer in teacher:
+            if isinstance(layer, nn.Linear):
+                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / layer.in_features**0.5)
+                layer.bias.zero_()
+    return teacher
+
+
+class TeacherStudent(ArrayDataModule):
+    """Inputs ``x ~ N(0, I_d)``; targets from a random teacher MLP of ``teacher_width``.
+
+    ``task='regression'`` gives MSE targets (teacher outputs plus ``target_noise``);
+    ``task='classification'`` labels each input with the argmax of the teacher's
+    ``num_classes`` outputs.
+
+    Args:
+        input_dim: d. teacher_width / teacher_depth: the teacher's hidden layers.
+        num_classes: classes, or output dimension for regression.
+        n_train / n_test: sample counts. target_noise: std of Gaussian noise on regression
+        targets. data_seed: seed of inputs, teacher and noise.
+    """
+
+    def __init__(
+        self,
+        input_dim: int = 20,
+        teacher_width: int = 32,
+        teacher_depth: int = 1,
+        task: Literal["classification", "regression"] = "regression",
+        num_classes: int = 1,
+        n_train: int = 1000,
+        n_test: int = 1000,
+        target_noise: float = 0.0,
+        data_seed: int = 0,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        check(task in ("classification", "regression"), "unknown task", task,
+              "Set --data.task to 'regression' or 'classification'.")
+        check(input_dim >= 1 and teacher_width >= 1 and teacher_depth >= 1,
+              "input_dim, teacher_width and teacher_depth must be >= 1",
+              (input_dim, teacher_width, teacher_depth), "Use positive sizes.")
+        check(num_classes >= (2 if task == "classification" else 1),
+              "num_classes must be >= 2 for classification (>= 1 outputs for regression)",
+              num_classes, "Set --data.num_classes.")
+        check(n_train >= 1 and n_test >= 1, "n_train and n_test must be >= 1", (n_train, n_test),
+              "Use positive sample counts.")
+        self.task, self.num_classes, self.input_shape = task, int(num_classes), (int(input_dim),)
+        self.teacher_width, self.teacher_depth = teacher_width, teacher_depth
+        self.n_train, self.n_test = n_train, n_test
+        self.target_noise, self.data_seed = target_noise, data_seed
+
+    def load(self) -> dict[str, torch.Tensor]:
+        d, n = self.input_shape[0], self.n_train + self.n_test
+        gen = torch.Generator().manual_seed(self.data_seed)
+        teacher = make_teacher(
+            d, self.teacher_width, self.teacher_depth, self.num_classes, self.data_seed + 1
+        )
+        x = torch.randn(n, d, generator=gen)
+        with torch.no_grad():
+            out = teacher(x)
+        if self.task == "classification":
+            y = out.argmax(1)
+        else:
+            y = out + self.target_noise * torch.randn(out.shape, generator=gen)
+        return {"x_train": x[: self.n_train], "y_train": y[: self.n_train],
+                "x_test": x[self.n_train :], "y_test": y[self.n_train :]}
