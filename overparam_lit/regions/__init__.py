@@ -1,0 +1,43 @@
+"""Decision regions: plane banks, label maps, fragmentation, agreement and pictures.
+
+Pure functions and small dataclasses on torch, numpy and scipy (no Lightning); the
+``DecisionRegions`` callback drives them during training.
+"""
+
+from overparam_lit.regions.maps import LabelMaps, label_maps, load_label_maps
+from overparam_lit.regions.metrics import (
+    Fragmentation,
+    agreement,
+    anchor_consistency,
+    boundary_fraction,
+    cohen_kappa,
+    fragmentation,
+    region_counts,
+)
+from overparam_lit.regions.planes import (
+    POLICIES,
+    PlaneBank,
+    choose_anchors,
+    input_plane_bank,
+    make_plane_bank,
+    plane_through,
+)
+
+__all__ = [
+    "POLICIES",
+    "Fragmentation",
+    "LabelMaps",
+    "PlaneBank",
+    "agreement",
+    "anchor_consistency",
+    "boundary_fraction",
+    "choose_anchors",
+    "cohen_kappa",
+    "fragmentation",
+    "input_plane_bank",
+    "label_maps",
+    "load_label_maps",
+    "make_plane_bank",
+    "plane_through",
+    "region_counts",
+]
