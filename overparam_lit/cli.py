@@ -96,14 +96,23 @@ def make_loggers(root: Path, options: WandbOptions) -> list[Logger]:
 
 class SaveRunConfig(SaveConfigCallback):
     """Saves the whole config as ``config.yaml`` in the run folder; an older one from an earlier
-    fit in the same folder (a resume) is kept as ``config.yaml.<time>.bak``."""
+    fit in the same folder (a resume) is kept as ``config.yaml.<time>.bak``.
+
+    Values the CLI links from the data module into the model are appended as comments (they
+    are recomputed when the file is used again with ``-c``).
+    """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if trainer.is_global_zero and trainer.log_dir is not None:
-            path = Path(trainer.log_dir) / self.config_filename
-            if path.exists():
-                shutil.move(path, path.with_name(f"{path.name}.{int(path.stat().st_mtime)}.bak"))
+        path = Path(trainer.log_dir) / self.config_filename if trainer.log_dir else None
+        if trainer.is_global_zero and path is not None and path.exists():
+            shutil.move(path, path.with_name(f"{path.name}.{int(path.stat().st_mtime)}.bak"))
         super().setup(trainer, pl_module, stage)
+        if trainer.is_global_zero and path is not None and path.exists():
+            linked = {k: getattr(pl_module, k, None) for k in ("input_shape", "num_classes", "task")}
+            lines = [f"#   model.init_args.{k}: {list(v) if isinstance(v, tuple) else v}"
+                     for k, v in linked.items()]
+            with open(path, "a") as fh:
+                fh.write("# linked from the data module at run time:\n" + "\n".join(lines) + "\n")
 
 
 class DefineWandbAxes(Callback):
@@ -137,7 +146,10 @@ class OverparamCLI(LightningCLI):
         super().__init__(OverparamModule, ArrayDataModule, **kwargs)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("input_shape", "num_classes", "task"):
+        parser.link_arguments(
+            "data.input_shape", "model.init_args.input_shape", compute_fn=list, apply_on="instantiate"
+        )
+        for key in ("num_classes", "task"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         parser.add_class_arguments(WandbOptions, "wandb")
 
@@ -165,12 +177,26 @@ class OverparamCLI(LightningCLI):
         return super()._instantiate_trainer(config, callbacks)
 
 
+def find_config_error(err: BaseException | None) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``err`` (jsonargparse and Lightning wrap exceptions)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, ConfigError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def main(args: list[str] | None = None) -> None:
     """Console entry point: run the CLI, printing bad-input errors as one paragraph."""
     try:
         OverparamCLI(args=args)
-    except ConfigError as err:
-        print(f"overparam-lit: error: {err}", file=sys.stderr)
+    except Exception as err:
+        config_error = find_config_error(err)
+        if config_error is None:
+            raise
+        print(f"overparam-lit: error: {config_error}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -152,7 +152,7 @@ class ArrayDataModule(L.LightningDataModule):
             self.val_size,
             f"The training set has {n} samples; choose a smaller --data.val_size.",
         )
-        val_idx, train_idx = order[: self.val_size], order[self.val_size :]
+        val_idx, train_idx = order[: self.val_size].sort().values, order[self.val_size :]
         if self.train_subset is not None:
             check(
                 self.train_subset <= train_idx.numel(),
@@ -160,7 +160,8 @@ class ArrayDataModule(L.LightningDataModule):
                 self.train_subset,
                 f"Set --data.train_subset to at most {train_idx.numel()}.",
             )
-            train_idx = train_idx[: self.train_subset].sort().values
+            train_idx = train_idx[: self.train_subset]
+        train_idx = train_idx.sort().values  # keep the data set's own order
         splits = {"train": (x[train_idx], y[train_idx]), "test": (raw["x_test"], raw["y_test"])}
         if self.val_size > 0:
             splits["val"] = (x[val_idx], y[val_idx])

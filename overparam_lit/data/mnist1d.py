@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 
 import numpy as np
@@ -11,9 +12,10 @@ from overparam_lit.data.base import ArrayDataModule
 from overparam_lit.utils import check
 
 
+@functools.lru_cache(maxsize=4)
 def generate_mnist1d(num_samples: int = 5000, train_split: float = 0.8, seed: int = 42) -> dict:
     """Generate MNIST-1D with the package's own recipe, restoring numpy's and Python's global
-    random state afterwards (the package reseeds both)."""
+    random state afterwards (the package reseeds both). Cached per process; callers copy."""
     from mnist1d.data import get_dataset_args, make_dataset
 
     np_state, py_state = np.random.get_state(), random.getstate()
@@ -60,8 +62,8 @@ class MNIST1D(ArrayDataModule):
     def load(self) -> dict[str, torch.Tensor]:
         d = generate_mnist1d(self.num_samples, self.train_split, self.generation_seed)
         return {
-            "x_train": torch.from_numpy(d["x"]).float().unsqueeze(1),
-            "y_train": torch.from_numpy(d["y"]).long(),
-            "x_test": torch.from_numpy(d["x_test"]).float().unsqueeze(1),
-            "y_test": torch.from_numpy(d["y_test"]).long(),
+            "x_train": torch.tensor(d["x"], dtype=torch.float32).unsqueeze(1),
+            "y_train": torch.tensor(d["y"], dtype=torch.long),
+            "x_test": torch.tensor(d["x_test"], dtype=torch.float32).unsqueeze(1),
+            "y_test": torch.tensor(d["y_test"], dtype=torch.long),
         }

@@ -83,6 +83,7 @@ class OverparamModule(L.LightningModule):
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.hparams["input_shape"] = list(self.input_shape)  # plain YAML in hparams.yaml
         self.net: nn.Module = self.build_network()
         self.num_params = sum(p.numel() for p in self.net.parameters())
         self._build_metrics()

@@ -1,0 +1,68 @@
+"""Shared fixtures: quiet offline W&B, one CPU thread, tiny data files in real on-disk formats."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+torch.set_num_threads(1)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write an uncompressed IDX file (the MNIST format): magic, sizes, big-endian, raw bytes."""
+    magic = {1: 2049, 3: 2051}[array.ndim]
+    with open(path, "wb") as fh:
+        fh.write(struct.pack(">I", magic))
+        fh.write(struct.pack(f">{array.ndim}I", *array.shape))
+        fh.write(array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def mnist_root(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A tiny MNIST folder (60 train, 20 test) in torchvision's layout."""
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    arrays = {
+        "x_train": rng.integers(0, 256, (60, 28, 28)), "y_train": rng.integers(0, 10, 60),
+        "x_test": rng.integers(0, 256, (20, 28, 28)), "y_test": rng.integers(0, 10, 20),
+    }
+    write_idx(raw / "train-images-idx3-ubyte", arrays["x_train"])
+    write_idx(raw / "train-labels-idx1-ubyte", arrays["y_train"])
+    write_idx(raw / "t10k-images-idx3-ubyte", arrays["x_test"])
+    write_idx(raw / "t10k-labels-idx1-ubyte", arrays["y_test"])
+    return tmp_path, arrays
+
+
+@pytest.fixture
+def cifar10_root(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A tiny CIFAR-10 folder (5 x 8 train, 10 test) as the python pickles of the real release
+    (str keys, as Python 2 pickles read with latin-1 encoding give)."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    xs, ys = [], []
+    for i in range(1, 6):
+        data, labels = rng.integers(0, 256, (8, 3072)).astype(np.uint8), rng.integers(0, 10, 8).tolist()
+        xs.append(data)
+        ys += labels
+        with open(folder / f"data_batch_{i}", "wb") as fh:
+            pickle.dump({"data": data, "labels": labels, "batch_label": "x"}, fh, protocol=2)
+    test, test_labels = rng.integers(0, 256, (10, 3072)).astype(np.uint8), rng.integers(0, 10, 10).tolist()
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({"data": test, "labels": test_labels}, fh, protocol=2)
+    with open(folder / "batches.meta", "wb") as fh:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, fh, protocol=2)
+    arrays = {"x_train": np.concatenate(xs), "y_train": np.array(ys),
+              "x_test": test, "y_test": np.array(test_labels)}
+    return tmp_path, arrays
