@@ -266,9 +266,10 @@ class DecisionRegions(L.Callback):
             from overparam_lit.regions import render
 
             planes = list(range(min(self.render_planes, self.bank.num_planes)))
-            png = render.plane_grid(
-                [maps.pred], self.bank, planes, self.num_classes, [f"epoch {epoch}"],
-                out / f"epoch{epoch:04d}.png", confidences=[maps.confidence], cell=2.2,
+            png = render.plane_row(
+                maps.pred, self.bank, planes, self.num_classes, out / f"epoch{epoch:04d}.png",
+                confidence=maps.confidence,
+                title=f"epoch {epoch}: {frag.mean_normalised:.2f} regions per class",
             )
             entry["picture"] = png.name
             if self.log_images:

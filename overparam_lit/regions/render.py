@@ -43,7 +43,7 @@ def map_image(pred: np.ndarray, num_classes: int, confidence: np.ndarray | None 
     if confidence is not None:
         shade = (0.25 + 0.75 * np.clip(confidence, 0.0, 1.0))[..., None]
         rgba[..., :3] = rgba[..., :3] * shade + (1.0 - shade)
-    return rgba
+    return np.clip(rgba, 0.0, 1.0)
 
 
 def draw_plane(
@@ -135,6 +135,30 @@ def plane_grid(
     fig.tight_layout(rect=(0, bottom, 1, 0.97 if suptitle else 1))
     out = atomic_savefig(fig, path, dpi=110)
     return out
+
+
+def plane_row(
+    pred: np.ndarray,
+    bank: PlaneBank,
+    planes: Sequence[int],
+    num_classes: int,
+    path: str | Path,
+    confidence: np.ndarray | None = None,
+    title: str | None = None,
+    cell: float = 2.2,
+) -> Path:
+    """One snapshot: the listed planes side by side, shaded by confidence if given."""
+    fig = Figure(figsize=(cell * len(planes), cell + 0.9))
+    axes = fig.subplots(1, len(planes), squeeze=False)[0]
+    for ax, p in zip(axes, planes, strict=True):
+        draw_plane(ax, pred[p], bank, p, num_classes,
+                   None if confidence is None else confidence[p], title=f"plane {p}")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    legend_rows = _legend(fig, num_classes)
+    bottom = min(0.5, 0.16 * legend_rows / fig.get_figheight())
+    fig.tight_layout(rect=(0, bottom, 1, 0.93 if title else 1))
+    return atomic_savefig(fig, path, dpi=110)
 
 
 def filmstrip(
