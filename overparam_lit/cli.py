@@ -189,7 +189,12 @@ def find_config_error(err: BaseException | None) -> ConfigError | None:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, printing bad-input errors as one paragraph."""
+    """Console entry point: run the CLI, printing bad-input errors as one paragraph.
+
+    The working folder is importable, so ``--model my_study.MyNet`` finds ``./my_study.py``.
+    """
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         OverparamCLI(args=args)
     except Exception as err:

@@ -63,6 +63,18 @@ def test_short_names_and_regression_link(tmp_path: Path) -> None:
     assert column(read_metrics(again), "val/loss")
 
 
+def test_readme_new_study_runs_from_the_cli(tmp_path: Path, monkeypatch) -> None:
+    readme = (REPO / "README.md").read_text()
+    code = readme.split("```python\n# my_study.py\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "my_study.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--model", "my_study.QuadraticNet", "--model.width", "8", "--data", "MNIST1D",
+          "--trainer.max_epochs", "1", "--trainer.default_root_dir", "run", "--wandb.mode", "disabled",
+          "--trainer.enable_progress_bar", "false"])
+    rows = read_metrics(tmp_path / "run")
+    assert column(rows, "model/num_params") == [40 * 8 + 8 + 8 * 10 + 10]
+
+
 @pytest.mark.parametrize("args,expect", [
     (["--model.width", "0"], "model width must be a positive integer (got 0)"),
     (["--model.depth", "0"], "MLP depth must be an integer >= 1 (got 0)"),
