@@ -445,9 +445,11 @@ class TicketStart(_MaskedTraining):
         eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
     """
 
-    def __init__(self, ticket: str, mode: str = "ticket", sigma: float | None = None, seed: int = 0,
-                 eval_splits: Sequence[str] = ("val", "test")) -> None:
+    def __init__(self, ticket: str | None = None, mode: str = "ticket", sigma: float | None = None,
+                 seed: int = 0, eval_splits: Sequence[str] = ("val", "test")) -> None:
         super().__init__()
+        check(bool(ticket), "TicketStart needs a ticket folder", ticket,
+              "Set ticket to an IMP level folder, e.g. runs/<run>/imp/level_08.")
         check(mode in pruning.TICKET_MODES, "unknown ticket mode", mode,
               f"Use one of {pruning.TICKET_MODES}.")
         check(sigma is None or sigma >= 0, "sigma must be >= 0 or null", sigma,
