@@ -12,6 +12,10 @@ width on the same data, evaluates every net on the same saved plane banks, and w
     OUT/planes_*.png      the same planes for every width
 
     python scripts/regions_width_sweep.py OUT [--widths 4 8 16 ...] [--epochs 1500]
+    python scripts/regions_width_sweep.py OUT --merge A/results.json B/results.json
+
+``--merge`` averages finished sweeps (for example one per seed, run as separate jobs) and
+draws ``sweep.png`` for the mean without training anything.
 
 Training is a plain Adam loop over the data module's tensors (full control of the budget on
 small CPUs); the nets are ``overparam_lit.models.MLP`` networks, the data ``MNIST1D`` with
@@ -87,10 +91,22 @@ def main() -> None:
     ap.add_argument("--min-region-size", type=int, default=1)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="results.json files of finished sweeps to average and plot")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        results = [r for f in args.merge for r in json.loads(f.read_text())["results"]]
+        banks = sorted({k.split("/")[0] for k in results[0] if k.endswith("/fragmentation")})
+        summary = summarise(results, banks, args)
+        summary["seeds"] = sorted({r["seed"] for r in results})
+        atomic_write_json({"merged": [str(f) for f in args.merge], "summary": summary,
+                           "results": results}, out / "results.json")
+        plot(results, summary, banks, out, args.label_noise)
+        print(json.dumps({k: v for k, v in summary.items() if k != "mean"}))
+        return
 
     dm = MNIST1D(train_subset=args.train_subset, label_noise=args.label_noise,
                  noise_model="uniform_incorrect")
@@ -177,10 +193,13 @@ def plot(results: list[dict], summary: dict, banks: list[str], out: Path, noise:
                label="train acc (noisy labels)")
     ax[0].plot(widths, [mean[w]["test_error"] for w in widths], "s-", label="test error (clean)")
     ax[0].set_ylabel("fraction")
+    def std(key: str) -> list[float]:
+        return [float(np.std([r[key] for r in results if r["width"] == w])) for w in widths]
+
     for b, marker in zip(banks, "o^", strict=False):
-        ax[1].plot(widths, [mean[w][f"{b}/fragmentation"] for w in widths], marker + "-", label=b)
-        ax[2].plot(widths, [mean[w][f"{b}/fragmentation_raw"] for w in widths], marker + "-",
-                   label=b)
+        for a, key in ((ax[1], f"{b}/fragmentation"), (ax[2], f"{b}/fragmentation_raw")):
+            a.errorbar(widths, [mean[w][key] for w in widths], yerr=std(key), fmt=marker + "-",
+                       capsize=2, label=b)
     ax[1].set_ylabel("regions per class present (normalised)")
     ax[2].set_ylabel("regions per plane (raw)")
     for a in ax:
@@ -189,8 +208,10 @@ def plot(results: list[dict], summary: dict, banks: list[str], out: Path, noise:
         if summary["threshold_width"]:
             a.axvline(summary["threshold_width"], color="grey", ls="--", lw=1)
         a.legend(fontsize=7)
-    fig.suptitle(f"MNIST-1D MLP, {noise:.0%} label noise: fragmentation across width "
-                 "(dashed: interpolation threshold)", fontsize=9)
+    seeds = sorted({r["seed"] for r in results})
+    fig.suptitle(f"MNIST-1D MLP, {noise:.0%} label noise, mean of {len(seeds)} seed(s): "
+                 "fragmentation across width (bars: std over seeds; dashed: interpolation "
+                 "threshold)", fontsize=9)
     fig.tight_layout()
     atomic_savefig(fig, out / "sweep.png", dpi=120)
 
