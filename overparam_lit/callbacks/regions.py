@@ -270,6 +270,7 @@ class DecisionRegions(L.Callback):
                 maps.pred, self.bank, planes, self.num_classes, out / f"epoch{epoch:04d}.png",
                 confidence=maps.confidence,
                 title=f"epoch {epoch}: {frag.mean_normalised:.2f} regions per class",
+                cell=4.0 if len(planes) == 1 else 2.2,
             )
             entry["picture"] = png.name
             if self.log_images:
