@@ -1,0 +1,7 @@
+"""Study callbacks: thin Lightning adapters over ``pruning/``, ``curvature/`` and ``regions/``."""
+
+from overparam_lit.callbacks.hessian import HessianProbe
+from overparam_lit.callbacks.imp import IterativeMagnitudePruning, TicketStart
+from overparam_lit.callbacks.regions import DecisionRegions
+
+__all__ = ["DecisionRegions", "HessianProbe", "IterativeMagnitudePruning", "TicketStart"]
