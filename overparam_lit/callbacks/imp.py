@@ -115,12 +115,17 @@ class _MaskedTraining(L.Callback):
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         if self._active:
-            pruning.mask_grads_(self._params, self._fmasks)
+            grads = [p.grad for p in self._params]
+            if any(g is None for g in grads):
+                pruning.mask_grads_(self._params, self._fmasks)
+            else:
+                torch._foreach_mul_(grads, self._fmasks)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if self._active:
-            pruning.apply_masks_(self._params, self._fmasks)
+            with torch.no_grad():
+                torch._foreach_mul_(self._params, self._fmasks)
 
 
 class IterativeMagnitudePruning(_MaskedTraining):
