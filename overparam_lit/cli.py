@@ -116,14 +116,16 @@ class SaveRunConfig(SaveConfigCallback):
 
 
 class DefineWandbAxes(Callback):
-    """Gives level-wise IMP series their own x axis (``imp/level``) in W&B dashboards."""
+    """Gives level-wise and snapshot-wise series their own x axis in W&B dashboards:
+    ``imp/*`` against ``imp/level`` and ``regions/*`` against ``regions/epoch``."""
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero:
                 run = logger.experiment
-                run.define_metric("imp/level")
-                run.define_metric("imp/*", step_metric="imp/level")
+                for axis, series in (("imp/level", "imp/*"), ("regions/epoch", "regions/*")):
+                    run.define_metric(axis)
+                    run.define_metric(series, step_metric=axis)
 
 
 class OverparamCLI(LightningCLI):
