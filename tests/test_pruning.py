@@ -217,3 +217,30 @@ def test_ticket_mismatch_refused():
         pruning.check_ticket(t, nn.Sequential(nn.Linear(20, 30)))
     with pytest.raises(ConfigError, match="mode"):
         pruning.start_from_ticket(net, t, "lucky")
+
+
+@pytest.mark.parametrize("family", ["CNN", "ResNet18"])
+def test_structured_export_on_framework_families(family):
+    """Coupled groups of the BatchNorm CNN and the pre-activation ResNet18 (residual sums)."""
+    import overparam_lit.models as models
+
+    torch.manual_seed(0)
+    net = getattr(models, family)(width=4, input_shape=(1, 40), num_classes=10).net
+    x = torch.randn(6, 1, 40)
+    net.train()
+    net(x)
+    net.eval()
+    out = pruning.output_layer_name(net)
+    groups = pruning.channel_groups(net, x[:1], out)
+    params = dict(net.named_parameters())
+    keep = {g.root: torch.ones(g.size, dtype=torch.bool) for g in groups}
+    keep = pruning.prune_channels(groups, params, keep, 0.5, "global")
+    with torch.no_grad():
+        for n, m in pruning.group_masks(groups, params, keep).items():
+            params[n].mul_(m)
+    small = pruning.export_pruned(net, x[:1], keep)
+    kept = sum(int(k.sum()) for k in keep.values())
+    target = round(sum(g.size for g in groups) * 0.5)  # plus one channel for an emptied group
+    assert target <= kept <= target + len(groups) and all(k.any() for k in keep.values())
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in net.parameters())
+    torch.testing.assert_close(small(x), net(x), rtol=1e-5, atol=1e-6)
