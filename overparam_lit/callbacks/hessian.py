@@ -110,7 +110,7 @@ class HessianProbe(L.Callback):
         tol: float = 1e-4,
         slq_runs: int = 10,
         slq_iters: int = 80,
-        negative_eps: float = 1e-3,
+        negative_eps: float = 1e-2,
         density_width: float = 0.01,
         eval_mode: bool = True,
         method: Literal["jvp", "double_backward"] = "jvp",
@@ -137,7 +137,7 @@ class HessianProbe(L.Callback):
         check(tol >= 0, "tol must be >= 0", tol, "Use e.g. 1e-4.")
         check(slq_runs >= 0, "slq_runs must be >= 0", slq_runs, "Use e.g. 10 (0 skips SLQ).")
         check(slq_iters >= 1, "slq_iters must be >= 1", slq_iters, "Use e.g. 80.")
-        check(negative_eps >= 0, "negative_eps must be >= 0", negative_eps, "Use e.g. 1e-3.")
+        check(negative_eps >= 0, "negative_eps must be >= 0", negative_eps, "Use e.g. 1e-2.")
         check(density_width > 0, "density_width must be > 0", density_width, "Use e.g. 0.01.")
         check(method in ("jvp", "double_backward"), "unknown HVP method", method,
               "Use 'jvp' or 'double_backward'.")

@@ -43,11 +43,13 @@ class SLQResult:
         """Estimated fraction of eigenvalues strictly below ``threshold``."""
         return float((self.weights * (self.nodes < threshold)).sum(axis=1).mean())
 
-    def negative_fraction(self, eps: float = 1e-3, lambda_max: float | None = None) -> float:
+    def negative_fraction(self, eps: float = 1e-2, lambda_max: float | None = None) -> float:
         """Fraction of eigenvalues below ``-eps * lambda_max`` (the index, without smoothing).
 
         ``eps`` keeps numerically zero eigenvalues (a large cluster in network Hessians) out of
-        the count; ``lambda_max`` defaults to the largest SLQ node.
+        the count; ``lambda_max`` defaults to the largest SLQ node. SLQ resolves the interior
+        of the spectrum to roughly ``(lambda_max - lambda_min) / num_iters``, so an ``eps`` far
+        below ``1 / num_iters`` needs more Lanczos steps per run to be meaningful.
         """
         lam = float(self.nodes[self.weights > 0].max()) if lambda_max is None else lambda_max
         return self.fraction_below(-eps * abs(lam))

@@ -70,7 +70,7 @@ def hessian_spectrum(
     tol: float = 1e-4,
     slq_runs: int = 10,
     slq_iters: int = 80,
-    negative_eps: float = 1e-3,
+    negative_eps: float = 1e-2,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -83,7 +83,7 @@ def hessian_spectrum(
     """
     check(1 <= k <= dim, "k (eigenvalues per end) exceeds the number of parameters", k,
           f"The Hessian has {dim} dimensions; use k <= {dim}.")
-    check(negative_eps >= 0, "negative_eps must be >= 0", negative_eps, "Use e.g. 1e-3.")
+    check(negative_eps >= 0, "negative_eps must be >= 0", negative_eps, "Use e.g. 1e-2.")
     gen = torch.Generator().manual_seed(int(seed))
     lz = lanczos(matvec, dim, k=k, max_iters=lanczos_iters, tol=tol, generator=gen,
                  dtype=dtype, device=device)
