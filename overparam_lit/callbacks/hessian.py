@@ -89,8 +89,9 @@ class HessianProbe(L.Callback):
         params: names (or name prefixes) of the parameters spanning the Hessian; default all.
         per_layer: also log ``hessian/layer/<module>/lambda_max`` for each layer's block.
         masks_attr: attribute of the LightningModule holding ``{param name: 0/1 mask}``;
-            when set and present, only unpruned weights span the Hessian. Masks of
-            ``torch.nn.utils.prune`` are used automatically.
+            when it is absent, the ``masks`` of a pruning callback on the trainer are used.
+            With masks only unpruned weights span the Hessian; ``None`` ignores masks.
+            Masks of ``torch.nn.utils.prune`` are always used.
         save_figure: save and log the density picture.
     """
 
@@ -171,10 +172,19 @@ class HessianProbe(L.Callback):
               f"Use names or prefixes of the network's parameters, e.g. {names[:3]}.")
         return chosen
 
-    def _masks(self, pl_module: L.LightningModule, net: nn.Module) -> dict[str, torch.Tensor]:
+    def _masks(self, trainer: L.Trainer, pl_module: L.LightningModule,
+               net: nn.Module) -> dict[str, torch.Tensor]:
+        """Pruning masks keyed by the network's parameter names: the module's ``masks_attr``
+        attribute, else the ``masks`` of a pruning callback (``IterativeMagnitudePruning``)."""
         if not self.masks_attr:
             return {}
         masks = getattr(pl_module, self.masks_attr, None)
+        if not masks:
+            for cb in trainer.callbacks:
+                found = getattr(cb, "masks", None)
+                if cb is not self and isinstance(found, dict) and found:
+                    masks = found
+                    break
         if not masks:
             return {}
         names = dict(net.named_parameters())
@@ -200,7 +210,7 @@ class HessianProbe(L.Callback):
               "Choose a split with samples and probe_size >= 1.")
         net = self._network(pl_module)
         names = self._param_names(net)
-        masks = self._masks(pl_module, net)
+        masks = self._masks(trainer, pl_module, net)
         dim = 0
         for n, p in net.named_parameters():
             if n in names:
@@ -271,9 +281,10 @@ class HessianProbe(L.Callback):
                     torch.enable_grad(), torch.autocast(device.type, enabled=False):
                 x, y = self._shard(trainer)
                 names = self._param_names(net)
+                masks = self._masks(trainer, pl_module, net)
                 op = HessianOperator(
-                    net, pl_module.loss, x, y, params=names,
-                    masks=self._masks(pl_module, net), chunk_size=self.chunk_size,
+                    net, pl_module.loss, x, y, params=names, masks=masks,
+                    chunk_size=self.chunk_size,
                     method=self.method, dtype=self.dtype, distributed=trainer.world_size > 1,
                 )
                 summary = hessian_spectrum(
@@ -282,7 +293,8 @@ class HessianProbe(L.Callback):
                     negative_eps=self.negative_eps, seed=self.seed, dtype=self.dtype,
                     device=device,
                 )
-                layers = self._per_layer(net, pl_module, x, y, names, device, trainer.world_size) \
+                layers = self._per_layer(net, pl_module, x, y, names, masks, device,
+                                             trainer.world_size) \
                     if self.per_layer else {}
         finally:
             for m, mode in modes.items():
@@ -300,10 +312,10 @@ class HessianProbe(L.Callback):
         return summary
 
     def _per_layer(self, net: nn.Module, pl_module: L.LightningModule, x: torch.Tensor,
-                   y: torch.Tensor, names: list[str], device: torch.device,
+                   y: torch.Tensor, names: list[str], masks: dict[str, torch.Tensor],
+                   device: torch.device,
                    world: int) -> dict[str, float]:
         out = {}
-        masks = self._masks(pl_module, net)
         for layer, group in layer_subsets(net).items():
             group = [n for n in group if n in names]
             if not group:

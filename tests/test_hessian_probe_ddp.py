@@ -1,0 +1,38 @@
+"""Two-process CPU DDP probe: the same lambda_max as one process on the same probe set."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from overparam_lit.curvature import HessianOperator, lanczos
+from overparam_lit.data import MNIST1D
+from overparam_lit.models import MLP
+
+SCRIPT = Path(__file__).parent / "ddp" / "hessian_ddp.py"
+
+
+@pytest.mark.ddp
+def test_ddp_lambda_max_equals_single_process(tmp_path):
+    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True,
+                         text=True, timeout=240, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["probed_steps"] == r1["probed_steps"] == [0, 4]
+    for a, b in zip(r0["history"], r1["history"], strict=True):  # same steps, same numbers
+        assert a["hessian/lambda_max"] == b["hessian/lambda_max"]
+        assert a["hessian/num_hvps"] == b["hessian/num_hvps"]
+    # one process, whole probe set, final weights of the DDP run
+    model = MLP(width=12, depth=1, activation="tanh")
+    model.net.load_state_dict(r0["net"])
+    x, y, _ = MNIST1D(num_samples=400, batch_size=25, train_subset=200).probe_set(101, "train", 0)
+    op = HessianOperator(model.net.eval(), nn.functional.cross_entropy, x, y, distributed=False)
+    single = lanczos(op, op.dim, k=3, max_iters=60, tol=1e-6,
+                     generator=torch.Generator().manual_seed(0))
+    ddp = r0["history"][-1]["hessian/lambda_max"]
+    assert abs(ddp - single.top[0]) <= 1e-5 * abs(single.top[0])
