@@ -1,7 +1,8 @@
 """Lottery-ticket science check on MNIST-1D: IMP tickets against their random controls.
 
-For each seed: one IMP run (MLP 2x100, Adam, ``--epochs`` per level, 20% of the remaining hidden
-weights per level, output layer at 10%, rewind to initialisation) for ``--levels`` levels; then
+For each seed: one IMP run (the recipe of configs/lottery_mnist1d.yaml: MLP 2x100, Adam lr 1e-2,
+``--epochs`` per level, 20% of the remaining hidden weights per level, output layer at 10%,
+rewind to initialisation) for ``--levels`` levels; then
 from the levels whose density is <= 0.2, the controls ``random_reinit`` (same mask, fresh
 init) and ``random_mask`` (same per-layer density, random positions) and ``perturb_rest`` (dense
 net, ticket weights kept, the others re-drawn), each trained for the same epochs through
@@ -11,7 +12,7 @@ last, one JSON line; writes ``<out>/lottery_science.json``.
 The MNIST-1D paper (Greydanus 2020) reports about 74% at 90% sparsity for magnitude-pruned
 tickets against about 66% dense and about 65% for random pruning.
 
-    python scripts/lottery_science.py [--seeds 0 1 2] [--levels 10] [--epochs 20] [--out runs/lottery]
+    python scripts/lottery_science.py [--seeds 0 1 2] [--levels 10] [--epochs 40] [--out runs/lottery]
 """
 
 from __future__ import annotations
@@ -52,8 +53,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--levels", type=int, default=10)
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--max-density", type=float, default=0.2)
     parser.add_argument("--out", type=Path, default=Path("runs/lottery_science"))
     args = parser.parse_args()

@@ -14,7 +14,7 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "lottery_science.py"
 
 @pytest.mark.slow
 def test_tickets_beat_random_controls(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0", "--levels", "8", "--epochs", "20",
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--seeds", "0", "--levels", "8", "--epochs", "40",
                            "--out", str(tmp_path)], capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "lottery_science.json").read_text())
