@@ -77,13 +77,19 @@ def case(request):
     return request.param, net, x, y, H, ev
 
 
-@pytest.mark.parametrize("method", ["jvp", "double_backward"])
-def test_hvp_matches_exact_and_chunks_are_sample_weighted(case, method):
+@pytest.mark.parametrize("cache", [False, True])
+@pytest.mark.parametrize("method", ["jvp", "double_backward", "auto"])
+def test_hvp_matches_exact_and_chunks_are_sample_weighted(case, method, cache):
     _, net, x, y, H, _ = case
     # chunks of 20 leave a last chunk of 4 samples: only sample weighting gets this right
-    op = HessianOperator(net, CE, x, y, chunk_size=20, method=method, dtype=torch.float64)
-    v = torch.randn(op.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    op = HessianOperator(net, CE, x, y, chunk_size=20, method=method, dtype=torch.float64,
+                         cache=cache)
+    for seed in (3, 4):  # a second product reuses the cached linearisation or graph
+        v = torch.randn(op.dim, generator=torch.Generator().manual_seed(seed),
+                        dtype=torch.float64)
+        torch.testing.assert_close(op.matvec(v), H @ v, rtol=1e-10, atol=1e-12)
+    assert op.method == (method if method != "auto" else
+                         ("double_backward" if cache else "jvp"))
     loss, g = op.loss_and_gradient()
     assert loss == pytest.approx(float(CE(net(x), y)), rel=1e-12)
     assert g.shape == (op.dim,)
@@ -179,8 +185,8 @@ def test_masked_and_per_layer_subsets_are_exact_sub_blocks():
 def test_operator_never_touches_grad_or_params():
     net, (x, y) = mlp(), data("mlp")
     before = {n: p.detach().clone() for n, p in net.named_parameters()}
-    for method in ("jvp", "double_backward"):
-        op = HessianOperator(net, CE, x, y, method=method, dtype=torch.float64)
+    for method, cache in (("jvp", True), ("jvp", False), ("double_backward", True)):
+        op = HessianOperator(net, CE, x, y, method=method, dtype=torch.float64, cache=cache)
         op.matvec(torch.ones(op.dim, dtype=torch.float64))
         op.loss_and_gradient()
     for n, p in net.named_parameters():

@@ -84,7 +84,9 @@ class HessianProbe(L.Callback):
             ``lambda_max - lambda_min`` (the pictures state the absolute width).
         eval_mode: probe with the network in eval mode (BatchNorm running statistics,
             no dropout); ``False`` uses batch statistics (buffers are copied, not updated).
-        method: ``jvp`` (forward-over-reverse) or ``double_backward``.
+        method: HVP method of :class:`~overparam_lit.curvature.HessianOperator`: ``auto``
+            (reuse one gradient graph when the probe set is one chunk, else ``jvp``),
+            ``jvp`` (torch.func forward-over-reverse) or ``double_backward``.
         dtype: ``float32`` or ``float64``.
         params: names (or name prefixes) of the parameters spanning the Hessian; default all.
         per_layer: also log ``hessian/layer/<module>/lambda_max`` for each layer's block.
@@ -114,7 +116,7 @@ class HessianProbe(L.Callback):
         negative_eps: float = 1e-2,
         density_width: float = 0.01,
         eval_mode: bool = True,
-        method: Literal["jvp", "double_backward"] = "jvp",
+        method: Literal["auto", "jvp", "double_backward"] = "auto",
         dtype: Literal["float32", "float64"] = "float32",
         params: Sequence[str] | None = None,
         per_layer: bool = False,
@@ -140,8 +142,8 @@ class HessianProbe(L.Callback):
         check(slq_iters >= 1, "slq_iters must be >= 1", slq_iters, "Use e.g. 80.")
         check(negative_eps >= 0, "negative_eps must be >= 0", negative_eps, "Use e.g. 1e-2.")
         check(density_width > 0, "density_width must be > 0", density_width, "Use e.g. 0.01.")
-        check(method in ("jvp", "double_backward"), "unknown HVP method", method,
-              "Use 'jvp' or 'double_backward'.")
+        check(method in ("auto", "jvp", "double_backward"), "unknown HVP method", method,
+              "Use 'auto', 'jvp' or 'double_backward'.")
         check(dtype in _DTYPES, "unknown dtype", dtype, "Use 'float32' or 'float64'.")
         self.schedule, self.every, self.num_probes = schedule, every, num_probes
         self.max_step, self.probe_at_start = max_step, probe_at_start

@@ -5,9 +5,16 @@ parameters) to ``H v``, where ``H`` is the Hessian of the sample-weighted mean l
 probe set. It never touches ``.grad`` nor the module's own parameter tensors: every product
 is computed on detached copies through ``torch.func.functional_call``.
 
-* ``method="jvp"`` (default): forward-over-reverse, ``jvp(grad(loss))`` with ``torch.func``.
+* ``method="auto"`` (default): the cached reverse-over-reverse graph when ``cache`` is on
+  (cheapest: one gradient graph reused by every product), else forward-over-reverse ``jvp``
+  (no retained graph: the memory-bound choice for chunked probe sets).
+* ``method="jvp"``: forward-over-reverse, ``jvp(grad(loss))`` with ``torch.func``.
+  With ``cache`` on, ``torch.func.linearize`` traces it once per chunk so that each product
+  reuses the forward and backward passes (about 1.3 gradients per product instead of 2.6,
+  after a one-off trace of about 50 products' time).
 * ``method="double_backward"``: reverse-over-reverse with ``torch.autograd.grad`` (fallback
-  for modules that ``torch.func`` cannot transform).
+  for modules that ``torch.func`` cannot transform; taken automatically if ``jvp`` fails).
+  With ``cache`` on, the graph of the gradient is kept and reused.
 
 Large probe sets are cut into chunks; chunk products are weighted by their sample counts.
 Under ``torch.distributed`` (when initialised and ``distributed=True``) each rank passes its
@@ -17,12 +24,13 @@ Hessian of the mean loss over the union of the shards.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, jvp, linearize
 
 from overparam_lit.utils import ConfigError, check
 
@@ -73,8 +81,11 @@ class HessianOperator:
             entries where the mask is 1 (unpruned weights). Masks of ``torch.nn.utils.prune``
             are picked up automatically.
         chunk_size: samples per chunk (memory bound); ``None`` uses the whole set at once.
-        method: ``"jvp"`` (forward-over-reverse) or ``"double_backward"``.
+        method: ``"auto"``, ``"jvp"`` (forward-over-reverse) or ``"double_backward"``.
         dtype: floating dtype of the computation (default float32; float64 for tests).
+        cache: keep each chunk's linearised gradient (memory of about one training step on
+            the chunk, per chunk) and reuse it across products; ``None`` caches when the probe
+            set is a single chunk.
         distributed: all-reduce over ``torch.distributed`` ranks when it is initialised.
     """
 
@@ -87,12 +98,13 @@ class HessianOperator:
         params: Sequence[str] | None = None,
         masks: Mapping[str, Tensor] | None = None,
         chunk_size: int | None = None,
-        method: str = "jvp",
+        method: str = "auto",
         dtype: torch.dtype = torch.float32,
+        cache: bool | None = None,
         distributed: bool = True,
     ) -> None:
-        check(method in ("jvp", "double_backward"), "unknown HVP method", method,
-              "Use 'jvp' (forward-over-reverse) or 'double_backward'.")
+        check(method in ("auto", "jvp", "double_backward"), "unknown HVP method", method,
+              "Use 'auto', 'jvp' (forward-over-reverse) or 'double_backward'.")
         check(inputs.shape[0] == targets.shape[0], "inputs and targets differ in length",
               (inputs.shape[0], targets.shape[0]), "Pass one target per probe sample.")
         check(chunk_size is None or chunk_size >= 1, "chunk_size must be >= 1", chunk_size,
@@ -149,6 +161,11 @@ class HessianOperator:
         self._buffers = {n: b.detach().to(dtype) if b.is_floating_point() else b.detach()
                          for n, b in model.named_buffers()}
         self.num_hvps = 0
+        n_chunks = -(-n_local // self.chunk_size)
+        self.cache = n_chunks <= 1 if cache is None else bool(cache)
+        self._cached: dict[int, object] = {}
+        if method == "auto":
+            self.method = "double_backward" if self.cache else "jvp"
         self._check_scalar_loss()
 
     # ---- layout ---------------------------------------------------------------------------
@@ -219,19 +236,38 @@ class HessianOperator:
             torch.distributed.all_reduce(loss_sum)
         return float(loss_sum.item()) / self.num_samples, self._reduce(total)
 
-    def _hvp_chunk(self, tangent: dict[str, Tensor], x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def _hvp_chunk(self, i: int, tangent: dict[str, Tensor], x: Tensor, y: Tensor
+                   ) -> dict[str, Tensor]:
         if self.method == "jvp":
             g = grad(lambda a: self._loss(a, x, y))
-            _, hv = jvp(g, (self._active,), (tangent,))
-            return hv
-        leaves = {k: t.clone().requires_grad_(True) for k, t in self._active.items()}
-        loss = self._loss(leaves, x, y)
-        names = list(leaves)
-        gs = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True)
-        dot = sum((g * tangent[k]).sum() for g, k in zip(gs, names, strict=True))
-        hv = torch.autograd.grad(dot, [leaves[k] for k in names], allow_unused=True)
+            if not self.cache:
+                return jvp(g, (self._active,), (tangent,))[1]
+            if i not in self._cached:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    self._cached[i] = linearize(g, self._active)[1]
+            return self._cached[i](tangent)  # type: ignore[operator]
+        names = list(self._active)
+        if self.cache and i in self._cached:
+            leaves, gs = self._cached[i]  # type: ignore[misc]
+        else:
+            leaves = {k: t.clone().requires_grad_(True) for k, t in self._active.items()}
+            loss = self._loss(leaves, x, y)
+            gs = torch.autograd.grad(loss, [leaves[k] for k in names], create_graph=True)
+            if self.cache:
+                self._cached[i] = (leaves, gs)
+        hv = torch.autograd.grad(gs, [leaves[k] for k in names],
+                                 grad_outputs=[tangent[k] for k in names],
+                                 retain_graph=self.cache, allow_unused=True)
         return {k: torch.zeros_like(leaves[k]) if h is None else h
                 for k, h in zip(names, hv, strict=True)}
+
+    def _products(self, tangent: dict[str, Tensor]) -> Tensor:
+        total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
+        with torch.enable_grad():
+            for i, (x, y) in enumerate(self._chunks()):
+                total += x.shape[0] * self.flatten(self._hvp_chunk(i, tangent, x, y))
+        return total
 
     def matvec(self, v: Tensor) -> Tensor:
         """``H v`` for a flat vector ``v`` of length :attr:`dim`."""
@@ -239,10 +275,15 @@ class HessianOperator:
               f"Pass a flat vector of length {self.dim}.")
         v = v.to(device=self.device, dtype=self.dtype)
         tangent = self.unflatten(v)
-        total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        with torch.enable_grad():
-            for x, y in self._chunks():
-                total += x.shape[0] * self.flatten(self._hvp_chunk(tangent, x, y))
+        try:
+            total = self._products(tangent)
+        except (RuntimeError, NotImplementedError) as err:
+            if self.method != "jvp" or self.num_hvps > 0:
+                raise
+            warnings.warn(f"torch.func could not transform the model ({err}); falling back "
+                          "to double backward for Hessian-vector products.", stacklevel=2)
+            self.method, self._cached = "double_backward", {}
+            total = self._products(tangent)
         self.num_hvps += 1
         return self._reduce(total)
 

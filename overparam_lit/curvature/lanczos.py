@@ -79,6 +79,7 @@ def lanczos(
     device: torch.device | str = "cpu",
     min_iters: int | None = None,
     return_vectors: bool = False,
+    which: str = "both",
 ) -> LanczosResult:
     """Lanczos with full reorthogonalisation (Gram-Schmidt applied twice).
 
@@ -94,7 +95,10 @@ def lanczos(
         dtype, device: of the Krylov basis.
         min_iters: products before the stop test is applied (default ``2k``).
         return_vectors: also return the Ritz vectors of the top-k and bottom-k values.
+        which: Ritz pairs the stop test waits for: ``both`` ends, only ``top`` or ``bottom``.
     """
+    check(which in ("both", "top", "bottom"), "unknown 'which'", which,
+          "Use 'both', 'top' or 'bottom'.")
     check(dim >= 1, "Lanczos needs a space of dimension >= 1", dim, "Check the parameter subset.")
     check(1 <= k <= dim, "k must be between 1 and the number of parameters", k,
           f"The operator has {dim} dimensions; ask for at most {dim} eigenvalues.")
@@ -133,7 +137,8 @@ def lanczos(
             res = np.abs(b * S[-1, :])
             scale = max(np.abs(theta).max(), np.finfo(np.float64).tiny)
             kk = min(k, m)
-            wanted = np.r_[res[:kk], res[-kk:]]
+            wanted = {"both": np.r_[res[:kk], res[-kk:]], "top": res[-kk:],
+                      "bottom": res[:kk]}[which]
             if stop_test and m >= min(2 * k, m_max) and np.all(wanted <= tol * scale):
                 converged = True
                 break
