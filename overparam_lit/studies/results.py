@@ -1,0 +1,203 @@
+"""Reading run folders and sweep results tables (CSV in, numbers out; no Lightning).
+
+A run folder (``--trainer.default_root_dir``) holds ``metrics.csv`` from the CSV logger: one
+row per logging step, one column per metric key, empty where a key was not logged that step.
+The *final* value of a key is its last non-empty entry; for ``val/*`` that is the last
+validation epoch (with ``val_size: 0`` the validation split is the clean test set).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from overparam_lit.studies.grid import parse_value
+from overparam_lit.utils import check
+
+RESULTS_FILE = "results.csv"
+
+
+def require_dir(path: str | Path, what: str, needs: Iterable[str] = ()) -> Path:
+    """The folder ``path``, or a :class:`ConfigError` naming it and what it should hold.
+
+    Args:
+        path: the folder.
+        what: what the folder is (for the message), e.g. ``"sweep folder"``.
+        needs: names of which at least one must exist inside (glob patterns allowed).
+    """
+    path = Path(path)
+    check(path.is_dir(), f"{what} not found", str(path), "Give an existing folder (a finished run or sweep).")
+    needs = list(needs)
+    if needs:
+        found = any(any(path.glob(n)) for n in needs)
+        check(found, f"{what} holds none of {needs}", str(path),
+              "Point the script at the folder a sweep or run wrote, or run it first.")
+    return path
+
+
+def read_csv_rows(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dictionaries of strings."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _num(text: str | None) -> float | None:
+    if text is None or text == "":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def read_metrics_csv(run: str | Path) -> list[dict[str, float]]:
+    """``run/metrics.csv`` as a list of ``{key: float}`` rows (empty cells left out)."""
+    rows = read_csv_rows(Path(run) / "metrics.csv")
+    out = []
+    for row in rows:
+        parsed = {k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None}
+        out.append(parsed)
+    return out
+
+
+def series(rows: list[dict[str, float]], key: str, x: str = "step") -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` arrays of every row where ``key`` (and ``x``) were logged."""
+    pts = [(r[x], r[key]) for r in rows if key in r and x in r]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    arr = np.array(pts, dtype=float)
+    return arr[:, 0], arr[:, 1]
+
+
+def final_metrics(run: str | Path) -> dict[str, float]:
+    """Last logged value of every metric of a run folder, plus ``epoch`` and ``step`` of the
+    last row, and the numbers of ``imp/ticket_result.json`` (as ``ticket/<key>``) if present.
+
+    Rows of ``metrics.csv.*.bak`` files (kept by ``scripts/sweep.py`` when a run resumes from
+    its checkpoint, since the CSV logger then starts a new file) count first, in name order."""
+    run = Path(run)
+    out: dict[str, float] = {}
+    for path in [*sorted(run.glob("metrics.csv.*.bak")), run / "metrics.csv"]:
+        if path.is_file():
+            for row in read_csv_rows(path):
+                out.update({k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None})
+    ticket = run / "imp" / "ticket_result.json"
+    if ticket.is_file():
+        data = json.loads(ticket.read_text())
+        out.update({f"ticket/{k}": float(v) for k, v in data.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return out
+
+
+def write_results(path: str | Path, rows: list[dict[str, Any]], first: list[str]) -> Path:
+    """Write ``rows`` as CSV: the columns ``first`` in order, then every other key sorted."""
+    path = Path(path)
+    keys = list(first) + sorted({k for r in rows for k in r} - set(first))
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in keys})
+    tmp.replace(path)
+    return path
+
+
+def read_results(sweep: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``sweep/results.csv`` with numbers parsed (empty cells are ``None``)."""
+    sweep = require_dir(sweep, "sweep folder", [RESULTS_FILE])
+    rows = []
+    for row in read_csv_rows(sweep / RESULTS_FILE):
+        rows.append({k: (None if v == "" else parse_value(v)) for k, v in row.items()})
+    return rows
+
+
+def group_curves(rows: list[dict[str, Any]], x: str, y: str | Callable[[dict[str, Any]], float | None],
+                 by: str | None = None) -> dict[Any, dict[str, np.ndarray]]:
+    """Mean and band of ``y`` against ``x`` over the rows that share ``x`` (seeds, usually).
+
+    Args:
+        rows: table rows.
+        x: column of the x axis.
+        y: column, or a function of a row (``None`` where undefined).
+        by: optional column whose values make separate curves.
+
+    Returns:
+        ``{group: {"x", "mean", "lo", "hi", "std", "n"}}``; ``lo``/``hi`` are the min and max
+        over the rows at each x (the band drawn around the mean).
+    """
+    get = y if callable(y) else (lambda r: r.get(y))  # noqa: E731
+    groups: dict[Any, dict[float, list[float]]] = {}
+    for r in rows:
+        xv, yv = r.get(x), get(r)
+        if xv is None or yv is None or (isinstance(yv, float) and math.isnan(yv)):
+            continue
+        groups.setdefault(r.get(by) if by else None, {}).setdefault(float(xv), []).append(float(yv))
+    out = {}
+    for g, pts in groups.items():
+        xs = np.array(sorted(pts))
+        vals = [np.array(pts[v]) for v in xs]
+        out[g] = {"x": xs, "mean": np.array([v.mean() for v in vals]),
+                  "lo": np.array([v.min() for v in vals]),
+                  "hi": np.array([v.max() for v in vals]), "std": np.array([v.std() for v in vals]),
+                  "n": np.array([len(v) for v in vals])}
+    return out
+
+
+def find_runs(paths: Iterable[str | Path], marker: str, what: str) -> list[Path]:
+    """Run folders under ``paths`` (runs themselves, sweep folders, any parent) that hold
+    ``marker`` (e.g. ``"hessian"``); a :class:`ConfigError` when a path is missing or none do."""
+    runs: list[Path] = []
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        check(path.is_dir(), "run folder not found", str(path), "Give run or sweep folders that exist.")
+        if (path / marker).exists():
+            runs.append(path)
+            continue
+        runs += sorted(p.parent for p in path.rglob(marker) if (p.parent / "metrics.csv").exists()
+                       or (p.parent / "config.yaml").exists())
+    check(bool(runs), f"no run folder with {marker}/ found", [str(p) for p in paths],
+          f"Run with the {what} callback (-c callbacks/{what}.yaml) and give its run or sweep folder.")
+    return sorted(set(runs))
+
+
+def run_config(run: str | Path) -> dict[str, Any]:
+    """``config.yaml`` of a run folder as a dictionary (empty if missing or unreadable)."""
+    import yaml
+
+    path = Path(run) / "config.yaml"
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
+def run_width(run: str | Path) -> float | None:
+    """``model.init_args.width`` of a run (from ``config.yaml``), else ``model/width`` logged."""
+    model = run_config(run).get("model") or {}
+    width = (model.get("init_args") or {}).get("width", model.get("width"))
+    if isinstance(width, (int, float)):
+        return float(width)
+    if (Path(run) / "metrics.csv").is_file():
+        return final_metrics(run).get("model/width")
+    return None
+
+
+def run_seed(run: str | Path) -> int | None:
+    """``seed_everything`` of a run's ``config.yaml``."""
+    seed = run_config(run).get("seed_everything")
+    return seed if isinstance(seed, int) else None
+
+
+def run_label(run: str | Path) -> str:
+    """Short label: ``width W, seed S`` when known, else the folder name."""
+    w, s = run_width(run), run_seed(run)
+    if w is None:
+        return Path(run).name
+    return f"width {w:g}" + (f", seed {s}" if s is not None else "")
