@@ -65,10 +65,14 @@ def collect(paths: list[Path], metric: str) -> list[dict[str, Any]]:
               "Give run folders (with imp/summary.json or imp/ticket_result.json) or lottery_science.json.")
         files = [path] if path.is_file() else sorted(path.rglob("lottery_science.json"))
         for f in files:
-            for r in json.loads(f.read_text()).get("rows", []):
+            found = json.loads(f.read_text()).get("rows", [])
+            ticket_density = {(r["seed"], r.get("level")): r["density"] for r in found if r["mode"] == "imp"}
+            for r in found:
                 mode = "ticket" if r["mode"] == "imp" else r["mode"]
+                # controls sit at their ticket's density (perturb_rest itself is a dense net)
+                density = ticket_density.get((r["seed"], r.get("level")), r["density"])
                 rows.append({"seed": r["seed"], "mode": mode, "level": r.get("level"),
-                             "density": r["density"], "acc": r.get(key, r.get(metric))})
+                             "density": density, "acc": r.get(key, r.get(metric))})
         if path.is_file() or files:
             continue
         for summary in sorted(path.rglob("imp/summary.json")):
@@ -81,7 +85,7 @@ def collect(paths: list[Path], metric: str) -> list[dict[str, Any]]:
             run = result.parent.parent
             r = json.loads(result.read_text())
             rows.append({"seed": run_seed(run), "mode": r.get("mode", "ticket"), "level": None,
-                         "density": r["density"], "acc": r.get(metric)})
+                         "density": r.get("ticket_density", r["density"]), "acc": r.get(metric)})
     rows = [r for r in rows if r["acc"] is not None]
     check(bool(rows), f"no lottery results with {metric!r} found", [str(p) for p in paths],
           "Run IMP (-c callbacks/imp.yaml) and its controls (-c callbacks/ticket.yaml) or "
@@ -98,7 +102,7 @@ def table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     for mode, c in curves.items():
         out[mode] = {f"{d:g}": {"mean": float(m), "lo": float(lo), "hi": float(hi), "seeds": int(n)}
                      for d, m, lo, hi, n in zip(c["x"], c["mean"], c["lo"], c["hi"], c["n"], strict=True)}
-    return {"curves": curves, "table": out}
+    return {"curves": curves, "table": out, "seeds": len({r["seed"] for r in rows})}
 
 
 def plot(result: dict[str, Any], out: Path, metric: str, title: str) -> Path:
@@ -119,12 +123,12 @@ def plot(result: dict[str, Any], out: Path, metric: str, title: str) -> Path:
         ax.axhline(dense, color="k", ls=":", lw=1, label=f"dense ({dense:.3f})")
     ax.set_xscale("log")
     ax.invert_xaxis()
-    ax.set_xlabel("density (fraction of prunable weights kept)")
+    ax.set_xlabel("density of the ticket (fraction of prunable weights kept)")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    seeds = int(max(c["n"].max() for c in curves.values()))
-    fig.suptitle(f"{title}\nmean of up to {seeds} seed(s), band: min-max over seeds", fontsize=9)
+    fig.suptitle(f"{title}\nmean of {result['seeds']} seed(s), band: min-max over seeds; controls at "
+                 "their ticket's density", fontsize=9)
     fig.tight_layout()
     return atomic_savefig(fig, out.with_suffix(".png"), dpi=110)
 
