@@ -48,6 +48,19 @@ def error(key: str) -> Any:
     return lambda r: None if r.get(key) is None else 1.0 - float(r[key])
 
 
+def second_peak(widths: np.ndarray, err: np.ndarray, threshold_width: float | None) -> int:
+    """Index of the double-descent peak: the local maximum of the test error (an interior width
+    above both neighbours) nearest the interpolation threshold in log width; the global
+    maximum when there is no interior maximum. (The error of the narrowest nets is high too,
+    the classical regime, so the global maximum is not the peak in question.)"""
+    inner = [i for i in range(1, len(err) - 1) if err[i] > err[i - 1] and err[i] >= err[i + 1]]
+    if not inner:
+        return int(np.argmax(err))
+    if threshold_width is None:
+        return max(inner, key=lambda i: err[i])
+    return min(inner, key=lambda i: abs(np.log(widths[i]) - np.log(threshold_width)))
+
+
 def summarise(rows: list[dict[str, Any]], x: str, threshold: float) -> dict[str, Any]:
     """Per-width means, the interpolation threshold and the test-error peak."""
     test = "test" if any(r.get("test/acc") is not None for r in rows) else "val"
@@ -63,7 +76,7 @@ def summarise(rows: list[dict[str, Any]], x: str, threshold: float) -> dict[str,
     tr, te = curves["train_error"], curves["test_error"]
     fitted = [w for w, e in zip(tr["x"], tr["mean"], strict=True) if e <= threshold]
     thr = float(fitted[0]) if fitted else None
-    peak = int(np.argmax(te["mean"]))
+    peak = second_peak(te["x"], te["mean"], thr)
     per_width = {}
     for i, w in enumerate(te["x"]):
         entry = {"test_error": float(te["mean"][i]), "seeds": int(te["n"][i])}
@@ -72,8 +85,11 @@ def summarise(rows: list[dict[str, Any]], x: str, threshold: float) -> dict[str,
             if c is not None and w in c["x"]:
                 entry[name] = float(c["mean"][list(c["x"]).index(w)])
         per_width[f"{w:g}"] = entry
+    left = te["mean"][: peak + 1]
     return {"x": x, "test_split": test, "threshold": threshold, "interpolation_width": thr,
             "peak_width": float(te["x"][peak]), "peak_test_error": float(te["mean"][peak]),
+            "min_before_peak_width": float(te["x"][int(np.argmin(left))]),
+            "min_before_peak_test_error": float(left.min()),
             "first_width_test_error": float(te["mean"][0]), "last_width_test_error": float(te["mean"][-1]),
             "per_width": per_width, "curves": curves}
 
@@ -93,6 +109,8 @@ def plot(summary: dict[str, Any], out: Path, title: str) -> Path:
         ax.plot(c[name]["x"], c[name]["mean"], marker=marker, color=color, label=label, ms=4)
         if (c[name]["n"] > 1).any():
             ax.fill_between(c[name]["x"], c[name]["lo"], c[name]["hi"], color=color, alpha=0.2, lw=0)
+    ax.annotate(f"peak {summary['peak_test_error']:.3f}", (summary["peak_width"], summary["peak_test_error"]),
+                textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7, color="C3")
     if summary["interpolation_width"] is not None:
         ax.axvline(summary["interpolation_width"], color="grey", ls="--", lw=1,
                    label=f"interpolation threshold (train error <= {summary['threshold']:g})")

@@ -57,7 +57,7 @@ def draw_figures(sweep: Path) -> list[str]:
     if any(sweep.rglob("hessian/probe_step*.npz")):
         jobs.append(("plot_spectra", [str(sweep), "--out", str(figs / "spectra")]))
     if any(sweep.rglob("regions/history.json")):
-        jobs.append(("plot_regions", [str(sweep), "--out", str(figs / "regions")]))
+        jobs.append(("plot_regions", [str(sweep), "--out", str(figs / "regions_summary")]))
     notes = []
     for name, argv in jobs:
         err = io.StringIO()
@@ -127,12 +127,17 @@ def json_tables(folder: Path) -> str:
 
 
 def figures_html(folders: list[Path]) -> str:
-    parts = []
+    """Every PNG of ``folders`` as an inline image; a name seen in a later folder (the freshly
+    drawn ``figures/``) replaces the same name in an earlier one."""
+    chosen: dict[str, Path] = {}
     for folder in folders:
         for png in sorted(folder.glob("*.png")):
-            data = base64.b64encode(png.read_bytes()).decode("ascii")
-            parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(png.name)}">'
-                         f"<figcaption>{html.escape(str(png.relative_to(folders[0])))}</figcaption></figure>")
+            chosen[png.name] = png
+    parts = []
+    for png in chosen.values():
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(png.name)}">'
+                     f"<figcaption>{html.escape(str(png.relative_to(folders[0])))}</figcaption></figure>")
     return "".join(parts)
 
 

@@ -98,8 +98,8 @@ def test_bad_input_is_refused_before_training(tmp_path: Path, capsys) -> None:
         (["-c", str(tmp_path / "missing.yaml"), "--grid", "seed_everything=0", "--out", str(tmp_path / "s")],
          "config file not found"),
         (["-c", cfg, "--out", str(tmp_path / "s")], "no grid given"),
-        (["-c", cfg, "--grid", "seed_everything=0", "--set", "trainer.max_epochs", "--out", str(tmp_path / "s")],
-         "not KEY=VALUE"),
+        (["-c", cfg, "--grid", "seed_everything=0", "--set", "trainer.max_epochs",
+          "--out", str(tmp_path / "s")], "not KEY=VALUE"),
     ]
     for argv, message in cases:
         assert sweep.main(argv) == 2
@@ -159,7 +159,8 @@ def tiny_sweep_args(tmp_path: Path, out: Path) -> list[str]:
     (tmp_path / "crash.yaml").write_text(
         "trainer:\n  callbacks+:\n    - class_path: flaky.CrashOnce\n"
         f"      init_args: {{flag: {tmp_path / 'crash_flag'}}}\n")
-    return ["-c", str(REPO / "configs" / "study_mnist1d_double_descent.yaml"), "-c", str(tmp_path / "crash.yaml"),
+    return ["-c", str(REPO / "configs" / "study_mnist1d_double_descent.yaml"),
+            "-c", str(tmp_path / "crash.yaml"),
             "--grid", "model.init_args.width=2,4", "--out", str(out), "--workers", "1", "--retries", "1",
             "--set", "trainer.max_epochs=2", "--set", "trainer.check_val_every_n_epoch=1",
             "--set", "data.init_args.train_subset=200", "--set", "wandb.mode=disabled"]
@@ -231,7 +232,8 @@ def test_plot_lottery_means_over_seeds(tmp_path: Path, capsys) -> None:
     for seed, accs in ((0, [0.60, 0.62, 0.58]), (1, [0.64, 0.66, 0.54])):
         run = write_run(tmp_path / f"imp_s{seed}", 100, seed)
         (run / "imp").mkdir()
-        levels = [{"level": i, "density": d, "test/acc": a} for i, (d, a) in enumerate(zip((1.0, 0.8, 0.64), accs))]
+        levels = [{"level": i, "density": d, "test/acc": a}
+                  for i, (d, a) in enumerate(zip((1.0, 0.8, 0.64), accs, strict=True))]
         (run / "imp" / "summary.json").write_text(json.dumps({"levels": levels}))
         for mode, acc in (("random_reinit", 0.50 + seed / 100), ("random_mask", 0.40)):
             ctrl = write_run(tmp_path / f"{mode}_s{seed}", 100, seed)
@@ -289,7 +291,8 @@ def test_plot_regions_reads_history_and_maps(tmp_path: Path, capsys) -> None:
         snaps = []
         for epoch in (0, 5):
             pred = (np.arange(2 * 8 * 8).reshape(2, 8, 8) // (width * (epoch + 1))) % 3
-            np.savez(run / "regions" / f"maps_epoch{epoch:04d}.npz", pred=pred, confidence=np.ones(pred.shape),
+            np.savez(run / "regions" / f"maps_epoch{epoch:04d}.npz", pred=pred,
+                     confidence=np.ones(pred.shape),
                      margin=np.ones(pred.shape), anchor_pred=np.zeros((2, 3), dtype=np.int64))
             snaps.append({"epoch": epoch, "maps": f"maps_epoch{epoch:04d}.npz",
                           "regions/fragmentation": frag + (1 - epoch / 5)})
