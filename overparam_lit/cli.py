@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
-from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+from lightning.pytorch.loggers import Logger, WandbLogger
 
 import overparam_lit.data  # noqa: F401  (registers data modules for short names)
 import overparam_lit.models  # noqa: F401  (registers width families for short names)
 from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.loggers import AppendingCSVLogger
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.utils import ConfigError
 
@@ -73,8 +74,9 @@ def resolve_wandb_mode(mode: str) -> str:
 
 
 def make_loggers(root: Path, options: WandbOptions) -> list[Logger]:
-    """CSV logger writing ``root/metrics.csv`` (first, so the run folder is ``root``) and W&B."""
-    loggers: list[Logger] = [CSVLogger(save_dir=str(root), name="", version="")]
+    """CSV logger writing ``root/metrics.csv`` (first, so the run folder is ``root``; a resumed
+    fit appends to it) and W&B."""
+    loggers: list[Logger] = [AppendingCSVLogger(save_dir=str(root), name="", version="")]
     mode = resolve_wandb_mode(options.mode)
     if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
@@ -172,6 +174,10 @@ class OverparamCLI(LightningCLI):
         callbacks = list(callbacks) + [DefineWandbAxes()]
         user_callbacks = config.get("callbacks") or []
         has_ckpt = any(isinstance(c, ModelCheckpoint) for c in user_callbacks)
+        has_bar = any(isinstance(c, ProgressBar) for c in user_callbacks)
+        if config.get("enable_progress_bar", True) is not False and not has_bar:
+            # redrawing the bar every step costs more than a small model's step
+            callbacks.append(TQDMProgressBar(refresh_rate=10))
         if config.get("enable_checkpointing", True) is not False and not has_ckpt:
             callbacks.append(
                 ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="{epoch:03d}", save_last=True)

@@ -1,11 +1,12 @@
 """Training throughput of the framework against a plain PyTorch loop on the same tensors.
 
-Trains the MNIST-1D MLP (width 256, depth 2, batch 100, Adam lr 1e-3, 5 epochs) twice in one
-process: once through ``Trainer.fit`` with the framework's data module (progress bar, CSV
-logger and epoch metrics on, validation off), once through a minimal loop over the same
-in-memory tensors (alternating, best of ``--repeats`` each). Prints samples/s for both; the
-last line is JSON with ``"ratio"`` (framework / plain). Each side is timed over its whole
-call (``Trainer.fit`` including its start-up).
+Trains the MNIST-1D MLP (width 256, depth 2, batch 100, Adam lr 1e-3, 5 epochs) in one process:
+through the framework (``configs/quickstart.yaml`` built by the CLI: its data module, CSV
+logger, progress bar and epoch metrics; validation and checkpointing off), through a minimal
+PyTorch loop over the same in-memory tensors, and through a bare LightningModule (Lightning's
+own per-step cost, for reference). Runs alternate, best of ``--repeats`` each; each is timed
+over its whole call (``Trainer.fit`` including its start-up). Prints samples/s; the last line
+is JSON with ``"ratio"`` (framework / plain) and ``"bare_lightning_ratio"``.
 
     python scripts/bench_throughput.py [--epochs 5] [--repeats 3]
 """
@@ -16,15 +17,17 @@ import argparse
 import json
 import tempfile
 import time
+from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
+from overparam_lit.cli import OverparamCLI
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
 
 WIDTH, BATCH, LR = 256, 100, 1e-3
+REPO = Path(__file__).resolve().parents[1]
 
 
 def plain_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> float:
@@ -45,18 +48,44 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int) -> floa
     return time.perf_counter() - start
 
 
-def framework_fit(dm: MNIST1D, epochs: int, seed: int, root: str) -> float:
-    """The framework's fit with its own data path and logging; returns wall seconds."""
-    L.seed_everything(seed, verbose=False)
-    model = MLP(width=WIDTH, depth=2, input_shape=dm.input_shape, num_classes=dm.num_classes,
-                optimizer=lambda p: torch.optim.Adam(p, lr=LR))
-    trainer = L.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=CSVLogger(root, name="", version=""),
-        enable_checkpointing=False, enable_model_summary=False, limit_val_batches=0,
-        num_sanity_val_steps=0, log_every_n_steps=50,
-    )
+def framework_fit(epochs: int, seed: int, root: str) -> float:
+    """``configs/quickstart.yaml`` (MLP 2x256, Adam 1e-3, batch 100) built by the framework's CLI
+    with its loggers (CSV; W&B off), progress bar and epoch metrics; validation and
+    checkpointing off, as in the plain loop. Returns the wall seconds of ``trainer.fit``."""
+    cli = OverparamCLI(run=False, args=[
+        "-c", str(REPO / "configs" / "quickstart.yaml"), "--seed_everything", str(seed),
+        "--trainer.max_epochs", str(epochs), "--trainer.limit_val_batches", "0",
+        "--trainer.num_sanity_val_steps", "0", "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_model_summary", "false", "--trainer.accelerator", "cpu",
+        "--trainer.default_root_dir", root, "--wandb.mode", "disabled",
+    ])
     start = time.perf_counter()
-    trainer.fit(model, dm)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    return time.perf_counter() - start
+
+
+class BareModule(L.LightningModule):
+    """The least a Lightning fit can do: forward, loss, Adam; nothing logged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = MLP(width=WIDTH, depth=2, input_shape=(1, 40), num_classes=10).net
+
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=LR)
+
+
+def bare_lightning_fit(dm: MNIST1D, epochs: int, seed: int) -> float:
+    """Lightning's own per-step cost: a bare module, no logger, bar or callbacks."""
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0)
+    start = time.perf_counter()
+    trainer.fit(BareModule(), dm)
     return time.perf_counter() - start
 
 
@@ -70,17 +99,22 @@ def main() -> None:
     x, y, _ = dm.splits["train"]
     samples = args.epochs * (x.shape[0] // BATCH) * BATCH
     plain_loop(x, y, 1, 0)  # warm-up
+    best = {"plain": float("inf"), "framework": float("inf"), "bare": float("inf")}
     with tempfile.TemporaryDirectory() as root:
-        framework_fit(dm, 1, 0, root)  # warm-up
-        plain, framework = float("inf"), float("inf")
-        for s in range(args.repeats):  # interleaved, so background load hits both sides alike
-            plain = min(plain, plain_loop(x, y, args.epochs, s))
-            framework = min(framework, framework_fit(dm, args.epochs, s, root))
-    plain_sps, framework_sps = samples / plain, samples / framework
-    print(f"plain PyTorch loop : {plain_sps:10.0f} samples/s ({plain:.3f} s)")
-    print(f"overparam-lit fit  : {framework_sps:10.0f} samples/s ({framework:.3f} s)")
-    print(json.dumps({"plain_samples_per_s": round(plain_sps), "framework_samples_per_s":
-                      round(framework_sps), "ratio": round(framework_sps / plain_sps, 3)}))
+        framework_fit(1, 0, f"{root}/warm")  # warm-up
+        for s in range(args.repeats):  # interleaved, so background load hits all sides alike
+            best["plain"] = min(best["plain"], plain_loop(x, y, args.epochs, s))
+            best["framework"] = min(best["framework"], framework_fit(args.epochs, s, f"{root}/{s}"))
+            best["bare"] = min(best["bare"], bare_lightning_fit(dm, args.epochs, s))
+    sps = {k: samples / v for k, v in best.items()}
+    print(f"plain PyTorch loop    : {sps['plain']:10.0f} samples/s ({best['plain']:.3f} s)")
+    print(f"overparam-lit fit     : {sps['framework']:10.0f} samples/s ({best['framework']:.3f} s)")
+    print(f"bare Lightning module : {sps['bare']:10.0f} samples/s ({best['bare']:.3f} s)")
+    print(json.dumps({"plain_samples_per_s": round(sps["plain"]),
+                      "framework_samples_per_s": round(sps["framework"]),
+                      "bare_lightning_samples_per_s": round(sps["bare"]),
+                      "bare_lightning_ratio": round(sps["bare"] / sps["plain"], 3),
+                      "ratio": round(sps["framework"] / sps["plain"], 3)}))
 
 
 if __name__ == "__main__":

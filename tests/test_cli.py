@@ -49,6 +49,17 @@ def test_quickstart_writes_run_folder_and_offline_wandb(tmp_path: Path, monkeypa
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
 
 
+def test_resume_keeps_earlier_metrics_rows(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    common = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--wandb.mode", "disabled",
+              "--trainer.default_root_dir", str(run), "--trainer.enable_progress_bar", "false"]
+    main(["fit", *common, "--trainer.max_epochs", "2"])
+    main(["fit", *common, "--trainer.max_epochs", "3", "--ckpt_path", str(run / "checkpoints/last.ckpt")])
+    rows = read_metrics(run)
+    assert [r["epoch"] for r in rows if r.get("val/acc")] == ["0", "1", "2"]
+    assert list(run.glob("config.yaml.*.bak"))  # the first fit's config is kept too
+
+
 def test_short_names_and_regression_link(tmp_path: Path) -> None:
     run = tmp_path / "ts"
     main(["fit", "--model", "MLP", "--data", "TeacherStudent", "--data.num_classes", "2",

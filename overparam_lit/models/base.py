@@ -9,12 +9,28 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, SumMetric
+from torchmetrics import MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy
 
 from overparam_lit.utils import check
 
 Task = Literal["classification", "regression"]
+
+
+class RunningSums(Metric):
+    """Element-wise running sums of a fixed-size vector, summed over DDP ranks."""
+
+    full_state_update = False
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.add_state("sums", torch.zeros(size), dist_reduce_fx="sum")
+
+    def update(self, values: Tensor) -> None:
+        self.sums += values
+
+    def compute(self) -> Tensor:
+        return self.sums
 
 
 def _default_optimizer(params: object) -> torch.optim.Optimizer:
@@ -108,51 +124,61 @@ class OverparamModule(L.LightningModule):
         return nn.functional.mse_loss(outputs, targets.reshape(outputs.shape))
 
     def _build_metrics(self) -> None:
-        self.metric = nn.ModuleDict()
-        for split in ("train", "val", "test"):
+        # training steps update one running-sum metric (one cheap update per step); validation
+        # and test use torchmetrics' accuracy. Both are reduced over DDP ranks by torchmetrics.
+        self.metric = nn.ModuleDict({"train_sums": RunningSums(5)})
+        for split in ("val", "test"):
             self.metric[f"{split}_loss"] = MeanMetric()
             if self.task == "classification":
                 self.metric[f"{split}_acc"] = MulticlassAccuracy(
                     self.num_classes, average="micro", validate_args=False
                 )
-                # accuracy against the noisy labels: memorised flips (train), noisy error (eval)
-                self.metric[f"{split}_hit_noisy"] = SumMetric()
-                self.metric[f"{split}_n_noisy"] = SumMetric()
+                self.metric[f"{split}_acc_noisy"] = MulticlassAccuracy(
+                    self.num_classes, average="micro", validate_args=False
+                )
 
     def _step(self, batch: Sequence[Tensor], split: str) -> Tensor:
         x, y, y_true = batch
         out = self(x)
         if split == "train":
             loss = self.loss(out, y)
-        else:
-            loss = self.loss(out, y_true)
+            with torch.no_grad():
+                n = loss.new_full((1,), float(x.shape[0]))
+                if self.task == "classification":
+                    hit, flipped = out.argmax(dim=1) == y, y != y_true
+                    counts = torch.stack([hit.sum(), (hit & flipped).sum(), flipped.sum()])
+                else:
+                    counts = torch.zeros(3, dtype=torch.long, device=loss.device)
+                # [sum of losses, hits on trained labels, hits on flipped labels, flips, samples]
+                sums = torch.cat([loss.detach().reshape(1) * n, counts.to(loss.dtype), n])
+                self.metric["train_sums"].update(sums)
+            return loss
+        loss = self.loss(out, y_true)
         self.metric[f"{split}_loss"].update(loss.detach(), x.shape[0])
         if self.task == "classification":
             pred = out.detach().argmax(dim=1)
-            self.metric[f"{split}_acc"].update(pred, y_true if split != "train" else y)
-            if split == "train":
-                flipped = y != y_true
-                self.metric["train_hit_noisy"].update((flipped & (pred == y)).sum())
-                self.metric["train_n_noisy"].update(flipped.sum())
-            else:
-                self.metric[f"{split}_hit_noisy"].update((pred == y).sum())
-                self.metric[f"{split}_n_noisy"].update(torch.tensor(float(y.numel())))
+            self.metric[f"{split}_acc"].update(pred, y_true)
+            self.metric[f"{split}_acc_noisy"].update(pred, y)
         return loss
 
     def _log_epoch(self, split: str) -> None:
         m = self.metric
-        logs = {f"{split}/loss": m[f"{split}_loss"].compute()}
-        if self.task == "classification":
-            logs[f"{split}/acc"] = m[f"{split}_acc"].compute()
-            hits, n = m[f"{split}_hit_noisy"].compute(), m[f"{split}_n_noisy"].compute()
-            if split == "train":
-                if float(n) > 0:
-                    logs["train/acc_noisy_memorized"] = hits / n
-            else:
-                logs[f"{split}/acc_noisy"] = hits / n.clamp_min(1)
-        for key in list(m.keys()):
-            if key.startswith(split):
-                m[key].reset()
+        if split == "train":
+            loss_sum, hits, hits_flipped, flips, n = m["train_sums"].compute().unbind()
+            logs = {"train/loss": loss_sum / n.clamp_min(1)}
+            if self.task == "classification":
+                logs["train/acc"] = hits / n.clamp_min(1)
+                if float(flips) > 0:
+                    logs["train/acc_noisy_memorized"] = hits_flipped / flips
+            m["train_sums"].reset()
+        else:
+            logs = {f"{split}/loss": m[f"{split}_loss"].compute()}
+            if self.task == "classification":
+                logs[f"{split}/acc"] = m[f"{split}_acc"].compute()
+                logs[f"{split}/acc_noisy"] = m[f"{split}_acc_noisy"].compute()
+            for key in list(m.keys()):
+                if key.startswith(split):
+                    m[key].reset()
         # metrics are already reduced over ranks by torchmetrics
         self.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
