@@ -40,6 +40,8 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=None, help="student width (default 4 r*)")
     parser.add_argument("--seeds", type=int, default=32)
     parser.add_argument("--density", type=float, default=0.25)
+    parser.add_argument("--removed-densities", type=float, nargs="*", default=[0.5, 0.75],
+                        help="further ticket densities trained alone (rest removed)")
     parser.add_argument("--sigmas", type=float, nargs="*", default=[0.0, 0.1, 0.3, 1.0, 3.0])
     parser.add_argument("--n-train", type=int, default=10_000)
     parser.add_argument("--steps", type=int, default=4000)
@@ -71,29 +73,32 @@ def main() -> None:
     if not good:
         raise SystemExit("no seed succeeded: train longer (--steps) or raise --threshold")
     masks = {s: ticket_masks(ens0.member(s), args.density) for s in good}
-    variants = [("removed", 0.0), ("reinit", 0.0)] + [("perturbed", s) for s in args.sigmas]
+    variants = [("removed", 0.0, args.density), ("reinit", 0.0, args.density)]
+    variants += [("perturbed", s, args.density) for s in args.sigmas]
+    variants += [("removed", 0.0, d) for d in args.removed_densities if d != args.density]
     results: dict[str, dict] = {}
-    for mode, sigma in variants:
-        starts = [ticket_start(inits[s], masks[s], mode, sigma=sigma, seed=10_000 + s) for s in good]
+    for mode, sigma, dens in variants:
+        m = masks if dens == args.density else {s: ticket_masks(ens0.member(s), dens) for s in good}
+        starts = [ticket_start(inits[s], m[s], mode, sigma=sigma, seed=10_000 + s) for s in good]
         rel, _ = fit([n for n, _ in starts], [k for _, k in starts], good)
         wins = int((rel < args.threshold).sum())
         rate, lo, hi = success_interval(wins, len(good))
-        key = mode if mode != "perturbed" else f"perturbed_{sigma:g}"
-        results[key] = {"mode": mode, "sigma": sigma, "successes": wins, "trials": len(good), "rate": rate,
-                        "low": lo, "high": hi, "median_rel_loss": float(rel.median())}
+        key = {"perturbed": f"perturbed_{sigma:g}", "removed": f"removed_{dens:g}"}.get(mode, mode)
+        results[key] = {"mode": mode, "sigma": sigma, "density": dens, "successes": wins, "trials": len(good),
+                        "rate": rate, "low": lo, "high": hi, "median_rel_loss": float(rel.median())}
         if mode == "perturbed" and sigma == 0:  # must be the original runs, bit for bit
             results[key]["max_diff_to_original"] = float((rel - rel0[good]).abs().max())
         print(json.dumps({key: results[key]}), flush=True)
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(7.5, 3.2), gridspec_kw={"width_ratios": [3, 2]})
     pert = [v for v in results.values() if v["mode"] == "perturbed"]
     xs = [max(v["sigma"], 0.03) for v in pert]
     ax.errorbar(xs, [v["rate"] for v in pert],
                 yerr=[[v["rate"] - v["low"] for v in pert], [v["high"] - v["rate"] for v in pert]],
                 marker="o", capsize=3, label="rest perturbed by sigma")
-    for key, ls in (("removed", "--"), ("reinit", ":")):
+    for key, ls in ((f"removed_{args.density:g}", "--"), ("reinit", ":")):
         v = results[key]
-        ax.axhline(v["rate"], ls=ls, color="gray" if key == "removed" else "black",
-                   label=f"rest {key} ({v['successes']}/{v['trials']})")
+        ax.axhline(v["rate"], ls=ls, color="gray" if v["mode"] == "removed" else "black",
+                   label=f"rest {v['mode']} ({v['successes']}/{v['trials']})")
     ax.set_xscale("log")
     ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("sigma (x std of the layer); leftmost point: sigma = 0")
@@ -101,6 +106,13 @@ def main() -> None:
     ax.set_title(f"ReLU teacher r*={r}, width {w}, ticket = {args.density:g} of each layer, "
                  f"{len(good)} seeds", fontsize=8)
     ax.legend(fontsize=7)
+    alone = sorted((v for v in results.values() if v["mode"] == "removed"), key=lambda v: v["density"])
+    ax2.errorbar([v["density"] for v in alone], [v["rate"] for v in alone],
+                 yerr=[[v["rate"] - v["low"] for v in alone], [v["high"] - v["rate"] for v in alone]],
+                 marker="s", capsize=3, color="gray")
+    ax2.set_ylim(-0.05, 1.05)
+    ax2.set_xlabel("ticket density (rest removed)")
+    ax2.set_title("ticket alone", fontsize=8)
     fig.tight_layout()
     out = Path(args.out)
     atomic_savefig(fig, out / "escape_ticket_perturb.png", dpi=90)

@@ -14,8 +14,10 @@
    outgoing weight has a gradient).
 3. Training continues for ``--steps`` full-batch Adam steps from the widened net, nudged by ``--nudge``
    along the bottom Hessian eigenvector, and, as the control, from the narrow net (nudged the same
-   way along its own bottom eigenvector). A seed *escapes* when the widened net's loss ends below
-   ``--escape-factor`` times the plateau loss while the control stays above it.
+   way along its own bottom eigenvector). A seed is at a *bad minimum* when its gradient norm is
+   below ``--grad-tol``, ``lambda_min >= -1e-6 lambda_max`` and its loss / target variance is above
+   ``--bad-loss``; it *escapes* when the widened net's loss ends below ``--escape-factor`` times the
+   plateau loss while the control stays above half of it.
 
 Writes ``escape_widen.png`` (loss curves, every seed) and ``escape_widen.json``; the last line is the JSON.
 
@@ -137,6 +139,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--nudge", type=float, default=1e-2)
     parser.add_argument("--escape-factor", type=float, default=0.1)
+    parser.add_argument("--grad-tol", type=float, default=1e-5)
+    parser.add_argument("--bad-loss", type=float, default=1e-4)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--out", default="runs/escape_widen")
     args = parser.parse_args()
@@ -153,7 +157,8 @@ def main() -> None:
     for s in range(args.seeds):
         narrow = polish(ens.member(s).double(), xd, yd)
         p0 = probe(narrow, xd, yd)
-        is_min = p0["lambda_min"] >= -1e-6 * p0["lambda_max"]
+        is_min = p0["grad_norm"] < args.grad_tol and p0["lambda_min"] >= -1e-6 * p0["lambda_max"]
+        is_bad = bool(is_min and p0["loss"] / var > args.bad_loss)
         best = None
         for j in range(r):
             for ratio in (0.5, 1.5):
@@ -167,10 +172,10 @@ def main() -> None:
         c_wide = train(nudge(wide, pw["bottom_vector"], args.nudge), xd, yd, args.steps, args.lr)
         c_ctrl = train(nudge(narrow, p0["bottom_vector"], args.nudge), xd, yd, args.steps, args.lr)
         plateau = p0["loss"]
-        escaped = c_wide[-1] < args.escape_factor * plateau and c_ctrl[-1] > (1 - 1e-3) * plateau
+        escaped = bool(is_bad and c_wide[-1] < args.escape_factor * plateau and c_ctrl[-1] > 0.5 * plateau)
         row = {"seed": s, "pre_rel_loss": float(pre[s]) / var, "rel_loss": plateau / var,
                "grad_norm": p0["grad_norm"], "lambda_min": p0["lambda_min"], "lambda_max": p0["lambda_max"],
-               "is_minimum": bool(is_min), "split_unit": j, "split_ratio": ratio,
+               "is_minimum": bool(is_min), "bad_minimum": is_bad, "split_unit": j, "split_ratio": ratio,
                "widened_rel_loss": pw["loss"] / var, "widened_grad_norm": pw["grad_norm"],
                "widened_lambda_min": pw["lambda_min"], "zero_grad_norm": pz["grad_norm"],
                "zero_lambda_min": pz["lambda_min"], "final_widened_rel_loss": c_wide[-1] / var,
@@ -193,16 +198,18 @@ def main() -> None:
     ax.set_ylabel("training loss / target variance")
     n_min = sum(rw["is_minimum"] for rw in rows)
     n_esc = sum(rw["escaped"] for rw in rows)
-    lmin = max(rw["widened_lambda_min"] for rw in rows)
-    ax.set_title(f"{args.activation} teacher r*={r_star}, student width {r}: {n_min}/{len(rows)} seeds at a "
-                 f"minimum,\n{n_esc}/{len(rows)} escape after one split (lambda_min <= {lmin:.1e})",
+    n_bad = sum(rw["bad_minimum"] for rw in rows)
+    lmin = max((rw["widened_lambda_min"] for rw in rows if rw["bad_minimum"]), default=float("nan"))
+    ax.set_title(f"{args.activation} teacher r*={r_star}, student width {r}: {n_bad}/{len(rows)} seeds "
+                 f"at a bad minimum,\n{n_esc}/{n_bad} escape after one split (lambda_min <= {lmin:.1e})",
                  fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     atomic_savefig(fig, out / "escape_widen.png", dpi=90)
     summary = {"r_star": r_star, "width": r, "activation": args.activation,
                "teacher_scale": args.teacher_scale, "n_train": args.n_train, "seeds": args.seeds,
-               "minima": n_min, "escaped": n_esc, "steps": args.steps, "nudge": args.nudge,
+               "minima": n_min, "bad_minima": n_bad, "escaped": n_esc,
+               "steps": args.steps, "nudge": args.nudge,
                "seconds": round(time.perf_counter() - t0, 1), "rows": rows}
     atomic_write_json(summary, out / "escape_widen.json")
     print(json.dumps({k: v for k, v in summary.items() if k != "rows"}))
