@@ -5,30 +5,10 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from torch import nn
 
 from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.escape.teacher import make_teacher
 from overparam_lit.utils import check
-
-
-def make_teacher(
-    input_dim: int, teacher_width: int, teacher_depth: int, out_dim: int, seed: int
-) -> nn.Module:
-    """A random ReLU MLP teacher, initialised from its own seed (global RNG untouched)."""
-    gen = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    fan_in = input_dim
-    for _ in range(teacher_depth):
-        layers += [nn.Linear(fan_in, teacher_width), nn.ReLU()]
-        fan_in = teacher_width
-    layers.append(nn.Linear(fan_in, out_dim))
-    teacher = nn.Sequential(*layers)
-    with torch.no_grad():
-        for layer in teacher:
-            if isinstance(layer, nn.Linear):
-                layer.weight.copy_(torch.randn(layer.weight.shape, generator=gen) / layer.in_features**0.5)
-                layer.bias.zero_()
-    return teacher
 
 
 class TeacherStudent(ArrayDataModule):

@@ -1,7 +1,7 @@
 """Teacher-student regression data with a teacher of any activation.
 
 With ``activation="relu"`` the teacher and the data are exactly those of
-:class:`overparam_lit.data.TeacherStudent` (same ``make_teacher`` weights, same inputs for the
+:class:`overparam_lit.data.TeacherStudent` (the same :func:`make_teacher` weights, same inputs for the
 same ``data_seed``), so a script's numbers can be reproduced with the CLI config. Other
 activations keep the teacher's weights and swap its nonlinearity (smooth activations such as
 ``tanh`` or ``softplus`` make the splitting curvature of Fukumizu & Amari (2000) visible; a
@@ -24,8 +24,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def _make_relu_teacher(input_dim: int, width: int, depth: int, out_dim: int, seed: int) -> nn.Module:
-    # same construction as overparam_lit.data.teacher_student.make_teacher (kept Lightning-free)
+def make_teacher(input_dim: int, width: int, depth: int, out_dim: int, seed: int) -> nn.Module:
+    """A random ReLU MLP teacher (weights N(0, 1/fan_in), zero biases) from its own seed; the
+    global RNG is untouched. ``overparam_lit.data.TeacherStudent`` labels its data with it."""
     gen = torch.Generator().manual_seed(seed)
     layers: list[nn.Module] = []
     fan_in = input_dim
@@ -47,7 +48,7 @@ def teacher_net(input_dim: int, width: int, activation: str = "relu", depth: int
     """A random teacher MLP (Gaussian weights with variance 1/fan_in, zero biases)."""
     check(activation in ACTIVATIONS, "unknown teacher activation", activation,
           f"Use one of {', '.join(ACTIVATIONS)}.")
-    net = _make_relu_teacher(input_dim, width, depth, out_dim, seed)
+    net = make_teacher(input_dim, width, depth, out_dim, seed)
     for i, m in enumerate(net):
         if isinstance(m, nn.ReLU):
             net[i] = ACTIVATIONS[activation]()
