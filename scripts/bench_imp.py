@@ -32,7 +32,7 @@ import lightning as L
 import torch
 
 from overparam_lit import pruning
-from overparam_lit.callbacks.imp import TicketStart
+from overparam_lit.callbacks.ticket import TicketStart
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from overparam_lit.callbacks.imp import IterativeMagnitudePruning, TicketStart
+from overparam_lit.callbacks.imp import IterativeMagnitudePruning
+from overparam_lit.callbacks.ticket import TicketStart
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
 from overparam_lit.utils import atomic_write_json

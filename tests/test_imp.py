@@ -12,7 +12,8 @@ import torch
 from imp_common import Blobs, small_mlp, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from overparam_lit.callbacks.imp import IterativeMagnitudePruning, TicketStart
+from overparam_lit.callbacks.imp import IterativeMagnitudePruning
+from overparam_lit.callbacks.ticket import TicketStart
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.utils import ConfigError
 

@@ -1,5 +1,5 @@
 """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019; Frankle et al. 2020;
-Renda et al. 2020), and starting a fit from a saved ticket, as Lightning callbacks.
+Renda et al. 2020), as a Lightning callback; ticket starts are in :mod:`.ticket`.
 
 The callbacks are thin adapters: the pruning itself lives in :mod:`overparam_lit.pruning`.
 Masks are boolean tensors keyed by parameter name; a masked model is the plain model with
@@ -16,12 +16,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.distributed as dist
 from lightning.pytorch.core.optimizer import _init_optimizers_and_lr_schedulers
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from overparam_lit import pruning
+from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits, module_state
 from overparam_lit.utils import (
     ConfigError,
     atomic_save,
@@ -35,100 +35,7 @@ REWIND_MODES = ("weights", "lr", "finetune")
 GRANULARITIES = ("unstructured", "structured")
 
 
-def _state(module: torch.nn.Module) -> dict[str, Tensor]:
-    """Every parameter and buffer of ``module``, cloned to the CPU."""
-    items = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    return {k: v.detach().to("cpu", copy=True) for k, v in items.items()}
-
-
-def _broadcast_masks(trainer: L.Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Rank 0's masks on every rank (``torch.distributed.broadcast``, names in sorted order)."""
-    if trainer.world_size <= 1 or not (dist.is_available() and dist.is_initialized()):
-        return masks
-    device = trainer.strategy.root_device
-    out = {}
-    for name in sorted(masks):
-        t = masks[name].to(device=device, dtype=torch.uint8)
-        dist.broadcast(t, src=0)
-        out[name] = t.bool()
-    return {n: out[n] for n in masks}
-
-
-@torch.no_grad()
-def _evaluate(trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> dict[str, float]:
-    """Mean loss and accuracy of ``pl_module`` on a split, summed over ranks.
-
-    Batches are ``(x, y, y_true)`` (or ``(x, y)``); the clean label is the target.
-    """
-    dm = trainer.datamodule
-    loader_fn = getattr(dm, f"{split}_dataloader", None) if dm is not None else None
-    if loader_fn is None:
-        return {}
-    was_training = pl_module.training
-    pl_module.eval()
-    device = pl_module.device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
-    classify = getattr(pl_module, "task", "classification") == "classification"
-    for batch in loader_fn():
-        x, y_true = batch[0].to(device), batch[-1].to(device)
-        out = pl_module(x)
-        if hasattr(pl_module, "loss"):
-            loss = pl_module.loss(out, y_true)
-        else:
-            loss = torch.nn.functional.cross_entropy(out, y_true)
-        n = x.shape[0]
-        totals[0] += loss.double() * n
-        if classify:
-            totals[1] += (out.argmax(dim=1) == y_true).sum()
-        totals[2] += n
-    pl_module.train(was_training)
-    totals = trainer.strategy.reduce(totals, reduce_op="sum")
-    count = float(totals[2].clamp_min(1))
-    res = {f"{split}/loss": float(totals[0]) / count}
-    if classify:
-        res[f"{split}/acc"] = float(totals[1]) / count
-    return res
-
-
-class _MaskedTraining(L.Callback):
-    """Keeps masked entries exactly zero during training (shared by IMP and ticket starts)."""
-
-    def __init__(self) -> None:
-        self.masks: dict[str, Tensor] | None = None
-        self._params: list[Tensor] = []
-        self._fmasks: list[Tensor] = []
-        self._active = False
-
-    def _bind(self, pl_module: L.LightningModule) -> None:
-        """Align float masks with the module's parameters (call after every mask change)."""
-        if self.masks is None:
-            self._params, self._fmasks, self._active = [], [], False
-            return
-        named = dict(pl_module.named_parameters())
-        self._params = [named[n] for n in self.masks]
-        pairs = zip(self._params, self.masks.values(), strict=True)
-        self._fmasks = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
-        self._active = not all(bool(m.all()) for m in self.masks.values())
-        if self._active:
-            pruning.apply_masks_(self._params, self._fmasks)
-
-    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                                 optimizer: torch.optim.Optimizer) -> None:
-        if self._active:
-            grads = [p.grad for p in self._params]
-            if any(g is None for g in grads):
-                pruning.mask_grads_(self._params, self._fmasks)
-            else:
-                torch._foreach_mul_(grads, self._fmasks)
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        if self._active:
-            with torch.no_grad():
-                torch._foreach_mul_(self._params, self._fmasks)
-
-
-class IterativeMagnitudePruning(_MaskedTraining):
+class IterativeMagnitudePruning(MaskedTraining):
     """Iterative magnitude pruning with rewinding, all levels in one ``fit``.
 
     Level 0 trains the dense net for ``epochs_per_level`` epochs. Each further level prunes
@@ -297,15 +204,15 @@ class IterativeMagnitudePruning(_MaskedTraining):
         self._bind(pl_module)
         if self.level == 0 and trainer.global_step == 0:
             if self.rewind_step == 0 and self.snapshot is None:
-                self.snapshot = _state(pl_module)
-            self._write_level_start(trainer, pl_module, 0, _state(pl_module))
+                self.snapshot = module_state(pl_module)
+            self._write_level_start(trainer, pl_module, 0, module_state(pl_module))
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
         if (self.level == 0 and self.snapshot is None and self.rewind == "weights"
                 and trainer.global_step == self.rewind_step):
-            self.snapshot = _state(pl_module)
+            self.snapshot = module_state(pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         target = trainer.current_epoch // self._epl
@@ -322,7 +229,7 @@ class IterativeMagnitudePruning(_MaskedTraining):
     def _finish_level(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics: dict[str, float] = {}
         for split in self.eval_splits:
-            metrics.update(_evaluate(trainer, pl_module, split))
+            metrics.update(evaluate_splits(trainer, pl_module, split))
         wm = self._weight_masks()
         report = pruning.sparsity_report(wm)
         record: dict[str, Any] = {
@@ -343,7 +250,7 @@ class IterativeMagnitudePruning(_MaskedTraining):
             return
         d = self._level_dir(trainer, self.level)
         if self.save_final_weights:
-            atomic_save(_state(pl_module), d / "final.pt")
+            atomic_save(module_state(pl_module), d / "final.pt")
         if self.granularity == "structured" and self.keep is not None:
             report["channels"] = pruning.channel_report(self._groups, self.keep)
             net, prefix = self._net_and_prefix(pl_module)
@@ -382,15 +289,15 @@ class IterativeMagnitudePruning(_MaskedTraining):
         masks = self._new_masks(pl_module, level) if trainer.global_rank == 0 else dict(self.masks)
         if self.granularity == "structured":
             keep = {k: v.to(trainer.strategy.root_device) for k, v in self.keep.items()}
-            self.keep = {k: v.cpu() for k, v in _broadcast_masks(trainer, keep).items()}
-        self.masks = {n: m.cpu() for n, m in _broadcast_masks(trainer, masks).items()}
+            self.keep = {k: v.cpu() for k, v in broadcast_masks(trainer, keep).items()}
+        self.masks = {n: m.cpu() for n, m in broadcast_masks(trainer, masks).items()}
         if self.rewind == "weights":
             check(self.snapshot is not None, "the rewind step was never reached in level 0",
                   self.rewind_step, "Choose a rewind_step within the first level.")
             start = self.snapshot
             pruning.load_state_(pl_module, start)
         else:
-            start = _state(pl_module)
+            start = module_state(pl_module)
         self.level = level
         self._bind(pl_module)  # applies the new masks to the weights
         if self.rewind == "finetune":
@@ -430,75 +337,3 @@ class IterativeMagnitudePruning(_MaskedTraining):
         self.history = list(state_dict["history"])
         if state_dict.get("epochs_per_level") is not None:
             self._epl = int(state_dict["epochs_per_level"])
-
-
-class TicketStart(_MaskedTraining):
-    """Start a fit from a saved ticket (an IMP level folder), or from one of its controls.
-
-    Modes (see :func:`overparam_lit.pruning.start_from_ticket`): ``ticket`` (rewind weights,
-    ticket mask), ``random_reinit`` (ticket mask, fresh init), ``random_mask`` (rewind weights,
-    random mask of the same per-layer density), ``perturb_rest`` (dense net: ticket weights at
-    their rewind values, every other weight re-drawn, or perturbed by ``sigma`` times the
-    layer's weight std). Masks are kept during training exactly as in IMP. Writes
-    ``<run_dir>/imp/ticket_start.json`` and, at the end, ``ticket_result.json``.
-
-    Args:
-        ticket: path of the level folder, e.g. ``runs/x/imp/level_07``.
-        mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``perturb_rest``.
-        sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
-        seed: seed of the fresh init, random mask or perturbation.
-        eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
-    """
-
-    def __init__(self, ticket: str | None = None, mode: str = "ticket", sigma: float | None = None,
-                 seed: int = 0, eval_splits: Sequence[str] = ("val", "test")) -> None:
-        super().__init__()
-        check(bool(ticket), "TicketStart needs a ticket folder", ticket,
-              "Set ticket to an IMP level folder, e.g. runs/<run>/imp/level_08.")
-        check(mode in pruning.TICKET_MODES, "unknown ticket mode", mode,
-              f"Use one of {pruning.TICKET_MODES}.")
-        check(sigma is None or sigma >= 0, "sigma must be >= 0 or null", sigma,
-              "Set sigma to a perturbation scale, or null to re-draw the rest from a fresh init.")
-        check(sigma is None or mode == "perturb_rest", "sigma only applies to mode 'perturb_rest'",
-              (mode, sigma), "Remove sigma or use mode: perturb_rest.")
-        self.ticket, self.mode, self.sigma, self.seed = str(ticket), mode, sigma, int(seed)
-        self.eval_splits = tuple(eval_splits)
-        self._started = False
-        self._info: dict[str, Any] = {}
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self._started:
-            return
-        ticket = pruning.load_ticket(self.ticket)
-        pruning.check_ticket(ticket, pl_module)
-        self.masks = pruning.start_from_ticket(pl_module, ticket, self.mode, self.sigma, self.seed)
-        self._started = True
-        dens = pruning.density(self.masks) if self.masks is not None else 1.0
-        self._info = {"ticket": self.ticket, "mode": self.mode, "sigma": self.sigma, "seed": self.seed,
-                      "density": dens, "ticket_density": pruning.density(ticket.masks),
-                      "ticket_meta": ticket.meta}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.masks is not None:
-            self.masks = {n: m.cpu() for n, m in _broadcast_masks(trainer, self.masks).items()}
-        self._bind(pl_module)
-        if trainer.global_rank == 0:
-            atomic_write_json(self._info, run_dir(trainer) / "imp" / "ticket_start.json")
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics: dict[str, float] = {}
-        for split in self.eval_splits:
-            metrics.update(_evaluate(trainer, pl_module, split))
-        result = {**self._info, **metrics}
-        log_scalars(trainer, {f"ticket/{k.replace('/', '_')}": v for k, v in metrics.items()})
-        if trainer.global_rank == 0:
-            atomic_write_json(result, run_dir(trainer) / "imp" / "ticket_result.json")
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"masks": None if self.masks is None else {n: m.cpu() for n, m in self.masks.items()},
-                "info": self._info}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.masks = state_dict["masks"]
-        self._info = state_dict.get("info", {})
-        self._started = True

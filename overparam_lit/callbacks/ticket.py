@@ -1,0 +1,89 @@
+"""Start a fit from a saved lottery ticket (an IMP level folder) or from one of its controls."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+
+from overparam_lit import pruning
+from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits
+from overparam_lit.utils import (
+    atomic_write_json,
+    check,
+    log_scalars,
+    run_dir,
+)
+
+
+class TicketStart(MaskedTraining):
+    """Start a fit from a saved ticket (an IMP level folder), or from one of its controls.
+
+    Modes (see :func:`overparam_lit.pruning.start_from_ticket`): ``ticket`` (rewind weights,
+    ticket mask), ``random_reinit`` (ticket mask, fresh init), ``random_mask`` (rewind weights,
+    random mask of the same per-layer density), ``perturb_rest`` (dense net: ticket weights at
+    their rewind values, every other weight re-drawn, or perturbed by ``sigma`` times the
+    layer's weight std). Masks are kept during training exactly as in IMP. Writes
+    ``<run_dir>/imp/ticket_start.json`` and, at the end, ``ticket_result.json``.
+
+    Args:
+        ticket: path of the level folder, e.g. ``runs/x/imp/level_07``.
+        mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``perturb_rest``.
+        sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
+        seed: seed of the fresh init, random mask or perturbation.
+        eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
+    """
+
+    def __init__(self, ticket: str | None = None, mode: str = "ticket", sigma: float | None = None,
+                 seed: int = 0, eval_splits: Sequence[str] = ("val", "test")) -> None:
+        super().__init__()
+        check(bool(ticket), "TicketStart needs a ticket folder", ticket,
+              "Set ticket to an IMP level folder, e.g. runs/<run>/imp/level_08.")
+        check(mode in pruning.TICKET_MODES, "unknown ticket mode", mode,
+              f"Use one of {pruning.TICKET_MODES}.")
+        check(sigma is None or sigma >= 0, "sigma must be >= 0 or null", sigma,
+              "Set sigma to a perturbation scale, or null to re-draw the rest from a fresh init.")
+        check(sigma is None or mode == "perturb_rest", "sigma only applies to mode 'perturb_rest'",
+              (mode, sigma), "Remove sigma or use mode: perturb_rest.")
+        self.ticket, self.mode, self.sigma, self.seed = str(ticket), mode, sigma, int(seed)
+        self.eval_splits = tuple(eval_splits)
+        self._started = False
+        self._info: dict[str, Any] = {}
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._started:
+            return
+        ticket = pruning.load_ticket(self.ticket)
+        pruning.check_ticket(ticket, pl_module)
+        self.masks = pruning.start_from_ticket(pl_module, ticket, self.mode, self.sigma, self.seed)
+        self._started = True
+        dens = pruning.density(self.masks) if self.masks is not None else 1.0
+        self._info = {"ticket": self.ticket, "mode": self.mode, "sigma": self.sigma, "seed": self.seed,
+                      "density": dens, "ticket_density": pruning.density(ticket.masks),
+                      "ticket_meta": ticket.meta}
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.masks is not None:
+            self.masks = {n: m.cpu() for n, m in broadcast_masks(trainer, self.masks).items()}
+        self._bind(pl_module)
+        if trainer.global_rank == 0:
+            atomic_write_json(self._info, run_dir(trainer) / "imp" / "ticket_start.json")
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics: dict[str, float] = {}
+        for split in self.eval_splits:
+            metrics.update(evaluate_splits(trainer, pl_module, split))
+        result = {**self._info, **metrics}
+        log_scalars(trainer, {f"ticket/{k.replace('/', '_')}": v for k, v in metrics.items()})
+        if trainer.global_rank == 0:
+            atomic_write_json(result, run_dir(trainer) / "imp" / "ticket_result.json")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"masks": None if self.masks is None else {n: m.cpu() for n, m in self.masks.items()},
+                "info": self._info}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.masks = state_dict["masks"]
+        self._info = state_dict.get("info", {})
+        self._started = True
