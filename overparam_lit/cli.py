@@ -23,7 +23,7 @@ import overparam_lit.models  # noqa: F401  (registers width families for short n
 from overparam_lit.data.base import ArrayDataModule
 from overparam_lit.loggers import AppendingCSVLogger
 from overparam_lit.models.base import OverparamModule
-from overparam_lit.utils import ConfigError
+from overparam_lit.utils import ConfigError, atomic_write_text
 
 RUN_DIR_ENV = "OVERPARAM_LIT_RUN_DIR"
 
@@ -105,16 +105,23 @@ class SaveRunConfig(SaveConfigCallback):
     """
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        path = Path(trainer.log_dir) / self.config_filename if trainer.log_dir else None
-        if trainer.is_global_zero and path is not None and path.exists():
-            shutil.move(path, path.with_name(f"{path.name}.{int(path.stat().st_mtime)}.bak"))
-        super().setup(trainer, pl_module, stage)
-        if trainer.is_global_zero and path is not None and path.exists():
+        if self.already_saved:
+            return
+        log_dir = trainer.log_dir  # every rank calls this: it broadcasts the folder
+        if trainer.is_global_zero and log_dir is not None:
+            path = Path(log_dir) / self.config_filename
+            if path.exists():
+                shutil.move(path, path.with_name(f"{path.name}.{int(path.stat().st_mtime)}.bak"))
+            # the config was checked when it was parsed; dumping it again unchecked is fast
+            text = self.parser.dump(self.config, skip_none=False, skip_check=True)
             linked = {k: getattr(pl_module, k, None) for k in ("input_shape", "num_classes", "task")}
-            lines = [f"#   model.init_args.{k}: {list(v) if isinstance(v, tuple) else v}"
-                     for k, v in linked.items()]
-            with open(path, "a") as fh:
-                fh.write("# linked from the data module at run time:\n" + "\n".join(lines) + "\n")
+            text += "# linked from the data module at run time:\n" + "".join(
+                f"#   model.init_args.{k}: {list(v) if isinstance(v, tuple) else v}\n"
+                for k, v in linked.items()
+            )
+            atomic_write_text(text, path)
+            self.already_saved = True
+        self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class DefineWandbAxes(Callback):

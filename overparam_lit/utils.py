@@ -79,6 +79,11 @@ def atomic_write_json(obj: Any, path: str | Path) -> Path:
     return _atomic_write(Path(path), write)
 
 
+def atomic_write_text(text: str, path: str | Path) -> Path:
+    """Write ``text`` to ``path`` atomically."""
+    return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def atomic_savefig(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     """Save a matplotlib figure atomically (format from the suffix of ``path``)."""
     path = Path(path)
