@@ -38,10 +38,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 
 from overparam_lit.curvature import HessianOperator, lanczos  # noqa: E402
 from overparam_lit.escape import StackedEnsemble, add_units, seed_nets, teacher_net  # noqa: E402
+from overparam_lit.escape.critical import polish_to_critical_point  # noqa: E402
 from overparam_lit.escape.ensemble import fit_ensemble  # noqa: E402
 from overparam_lit.escape.teacher import ACTIVATIONS  # noqa: E402
 from overparam_lit.utils import atomic_savefig, atomic_write_json  # noqa: E402
@@ -59,41 +59,6 @@ def scaled_teacher_data(r_star: int, activation: str, scale: float, n: int, data
         x = torch.randn(n, 2, generator=torch.Generator().manual_seed(data_seed))
         y = teacher(x)
     return x, y, float(y.var(unbiased=False))
-
-
-def polish(net: nn.Module, x: torch.Tensor, y: torch.Tensor, newton: int = 8) -> nn.Module:
-    """Float64 L-BFGS, then Newton steps on the exact (dense) Hessian, towards a critical point."""
-    names = [n for n, _ in net.named_parameters()]
-    shapes = [p.shape for p in net.parameters()]
-    sizes = [p.numel() for p in net.parameters()]
-
-    def loss_of(flat: torch.Tensor) -> torch.Tensor:
-        ps = dict(zip(names, [t.reshape(s) for t, s in zip(flat.split(sizes), shapes, strict=True)],
-                      strict=True))
-        return MSE(functional_call(net, ps, (x,)), y)
-
-    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1, max_iter=1000, tolerance_grad=1e-14, tolerance_change=0,
-                            history_size=50, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_of(theta)
-        loss.backward()
-        return loss
-
-    for _ in range(3):
-        opt.step(closure)
-    th = theta.detach()
-    for _ in range(newton):
-        h = torch.func.hessian(loss_of)(th)
-        if float(torch.linalg.eigvalsh(h)[0]) < 0:  # not near a minimum: Newton would climb
-            break
-        th = th - torch.linalg.lstsq(h, torch.func.grad(loss_of)(th).unsqueeze(1)).solution.squeeze(1)
-    with torch.no_grad():
-        for p, t in zip(net.parameters(), th.split(sizes), strict=True):
-            p.copy_(t.reshape(p.shape))
-    return net
 
 
 def probe(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, object]:
@@ -155,7 +120,7 @@ def main() -> None:
     xd, yd = x.double(), y.double()
     rows, curves = [], []
     for s in range(args.seeds):
-        narrow = polish(ens.member(s).double(), xd, yd)
+        narrow = polish_to_critical_point(ens.member(s).double(), xd, yd, stop_off_minimum=True)
         p0 = probe(narrow, xd, yd)
         is_min = p0["grad_norm"] < args.grad_tol and p0["lambda_min"] >= -1e-6 * p0["lambda_max"]
         is_bad = bool(is_min and p0["loss"] / var > args.bad_loss)

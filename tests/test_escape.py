@@ -11,7 +11,6 @@ import lightning as L
 import pytest
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from overparam_lit.curvature import HessianOperator, lanczos
 from overparam_lit.data import TeacherStudent
@@ -24,6 +23,7 @@ from overparam_lit.escape import (
     success_interval,
     widen,
 )
+from overparam_lit.escape.critical import polish_to_critical_point
 from overparam_lit.escape.ensemble import fit_ensemble
 from overparam_lit.models import CNN, MLP
 from overparam_lit.models.ensemble import SeedEnsemble
@@ -169,36 +169,8 @@ def test_widen_rejects_bad_input() -> None:
 # ---- the line of critical points ------------------------------------------------------------
 def _critical_point(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     """Train to a critical point in float64: L-BFGS, then Newton steps on the exact Hessian."""
-    names = [n for n, _ in net.named_parameters()]
-    shapes = [p.shape for p in net.parameters()]
-    sizes = [p.numel() for p in net.parameters()]
-
-    def loss_of(flat: torch.Tensor) -> torch.Tensor:
-        ps = dict(zip(names, [t.reshape(s) for t, s in zip(flat.split(sizes), shapes, strict=True)],
-                      strict=True))
-        return MSE(functional_call(net, ps, (x,)), y)
-
-    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()]).requires_grad_(True)
-    opt = torch.optim.LBFGS([theta], lr=1, max_iter=500, tolerance_grad=1e-12,
-                            tolerance_change=0, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = loss_of(theta)
-        loss.backward()
-        return loss
-
-    for _ in range(4):
-        opt.step(closure)
-    th = theta.detach()
-    for _ in range(8):
-        g = torch.func.grad(loss_of)(th)
-        h = torch.func.hessian(loss_of)(th)
-        th = th - torch.linalg.lstsq(h, g.unsqueeze(1)).solution.squeeze(1)
-    with torch.no_grad():
-        for p, t in zip(net.parameters(), th.split(sizes), strict=True):
-            p.copy_(t.reshape(p.shape))
-    return net
+    return polish_to_critical_point(net, x, y, lbfgs_rounds=4, newton_steps=8, max_iter=500,
+                                    tolerance_grad=1e-12)
 
 
 def _grad_norm(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

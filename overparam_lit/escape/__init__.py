@@ -3,9 +3,11 @@
 Pure torch / numpy / scipy (no Lightning). :mod:`~overparam_lit.escape.ensemble` trains many
 seeds of one network as stacked parameters; :mod:`~overparam_lit.escape.widen` adds hidden
 units (MLP) or channels (CNN) without changing the function the network computes;
-:mod:`~overparam_lit.escape.teacher` makes teacher-student data with any activation.
+:mod:`~overparam_lit.escape.teacher` makes teacher-student data with any activation;
+:mod:`~overparam_lit.escape.critical` drives a small net to a critical point.
 """
 
+from overparam_lit.escape.critical import polish_to_critical_point
 from overparam_lit.escape.ensemble import (
     StackedEnsemble,
     relative_losses,
@@ -21,6 +23,7 @@ __all__ = [
     "add_units",
     "hidden_layers",
     "make_teacher_data",
+    "polish_to_critical_point",
     "relative_losses",
     "seed_nets",
     "success_interval",
