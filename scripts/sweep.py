@@ -210,10 +210,6 @@ class Sweep:
             if _stopping.is_set():
                 return "stopped"
             cmd = self.command(point)
-            metrics_csv = d / "metrics.csv"
-            if "--ckpt_path" in cmd and metrics_csv.is_file():
-                # the CSV logger starts a fresh metrics.csv on resume: keep the earlier rows
-                metrics_csv.rename(d / f"metrics.csv.{time.strftime('%Y%m%d-%H%M%S')}-{attempt}.bak")
             log = d / f"sweep_attempt{previous + attempt}.log"
             start = time.time()
             where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self.gpus else ""

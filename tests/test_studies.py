@@ -336,4 +336,6 @@ def test_sweep_survives_sigkill(tmp_path: Path) -> None:
     done = json.loads((out / "points" / "width-4" / DONE_FILE).read_text())
     assert done["metrics"]["epoch"] == 299 and 0 <= done["metrics"]["val/acc"] <= 1
     assert "--ckpt_path" in done["command"]
-    assert list((out / "points" / "width-4").glob("metrics.csv.*.bak"))
+    with open(out / "points" / "width-4" / "metrics.csv") as fh:
+        starts = [r for r in csv.DictReader(fh) if r.get("model/num_params")]
+    assert len(starts) == 2  # the first fit's rows are still there, followed by the resumed fit's

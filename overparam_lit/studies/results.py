@@ -78,15 +78,13 @@ def series(rows: list[dict[str, float]], key: str, x: str = "step") -> tuple[np.
 def final_metrics(run: str | Path) -> dict[str, float]:
     """Last logged value of every metric of a run folder, plus ``epoch`` and ``step`` of the
     last row, and the numbers of ``imp/ticket_result.json`` (as ``ticket/<key>``) if present.
-
-    Rows of ``metrics.csv.*.bak`` files (kept by ``scripts/sweep.py`` when a run resumes from
-    its checkpoint, since the CSV logger then starts a new file) count first, in name order."""
+    A fit resumed in the same folder appends to ``metrics.csv``, so its rows follow the earlier ones."""
     run = Path(run)
     out: dict[str, float] = {}
-    for path in [*sorted(run.glob("metrics.csv.*.bak")), run / "metrics.csv"]:
-        if path.is_file():
-            for row in read_csv_rows(path):
-                out.update({k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None})
+    path = run / "metrics.csv"
+    if path.is_file():
+        for row in read_csv_rows(path):
+            out.update({k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None})
     ticket = run / "imp" / "ticket_result.json"
     if ticket.is_file():
         data = json.loads(ticket.read_text())
