@@ -3,7 +3,8 @@
 A masked model is the plain model with zeros in it, so ``state_dict`` keys never change. The
 gradients of pruned entries are zeroed before every optimizer step (momentum and Adam moments of
 pruned entries stay zero) and the weights are multiplied by the masks after every step (weight
-decay or any other optimizer cannot revive them).
+decay or any other optimizer cannot revive them). Masks of a model with members carry the
+leading member axis of its parameters.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import lightning as L
 import torch
 import torch.distributed as dist
 from torch import Tensor
+from typing_extensions import override
 
 from overparam_lit import pruning
 
 
 def module_state(module: torch.nn.Module) -> dict[str, Tensor]:
-    """Every parameter and buffer of ``module``, cloned to the CPU."""
+    """Every parameter and persistent buffer of ``module``, cloned to the CPU."""
     items = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    return {k: v.detach().to("cpu", copy=True) for k, v in items.items()}
+    keys = set(module.state_dict(keep_vars=True))
+    return {k: v.detach().to("cpu", copy=True) for k, v in items.items() if k in keys}
 
 
 def broadcast_masks(trainer: L.Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -38,11 +41,9 @@ def broadcast_masks(trainer: L.Trainer, masks: dict[str, Tensor]) -> dict[str, T
 
 
 @torch.no_grad()
-def evaluate_splits(trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> dict[str, float]:
-    """Mean loss and accuracy of ``pl_module`` on a split, summed over ranks.
-
-    Batches are ``(x, y, y_true)`` (or ``(x, y)``); the clean label is the target.
-    """
+def evaluate_members(trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> dict[str, Tensor]:
+    """Each member's mean loss and accuracy on a split, summed over ranks: ``{"val/loss": (M,),
+    "val/acc": (M,)}`` (``M = 1`` for a single model). The clean label is the target."""
     dm = trainer.datamodule
     loader_fn = getattr(dm, f"{split}_dataloader", None) if dm is not None else None
     if loader_fn is None:
@@ -50,26 +51,29 @@ def evaluate_splits(trainer: L.Trainer, pl_module: L.LightningModule, split: str
     was_training = pl_module.training
     pl_module.eval()
     device = pl_module.device
-    totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     classify = getattr(pl_module, "task", "classification") == "classification"
+    totals: Tensor | None = None  # (M, 3): loss sum, correct, count
     for batch in loader_fn():
         x, y_true = batch[0].to(device), batch[-1].to(device)
         out = pl_module(x)
-        if hasattr(pl_module, "loss"):
-            loss = pl_module.loss(out, y_true)
+        stacked = getattr(pl_module, "members", None) is not None
+        if hasattr(pl_module, "member_losses"):
+            losses = pl_module.member_losses(out, y_true)
         else:
-            loss = torch.nn.functional.cross_entropy(out, y_true)
+            losses = torch.nn.functional.cross_entropy(out, y_true).reshape(1)
+        outs = out if stacked else out.unsqueeze(0)
         n = x.shape[0]
-        totals[0] += loss.double() * n
-        if classify:
-            totals[1] += (out.argmax(dim=1) == y_true).sum()
-        totals[2] += n
+        hits = (outs.argmax(-1) == y_true).sum(-1) if classify else torch.zeros_like(losses)
+        part = torch.stack([losses.double() * n, hits.double(), torch.full_like(losses, n).double()], 1)
+        totals = part if totals is None else totals + part
     pl_module.train(was_training)
+    if totals is None:
+        return {}
     totals = trainer.strategy.reduce(totals, reduce_op="sum")
-    count = float(totals[2].clamp_min(1))
-    res = {f"{split}/loss": float(totals[0]) / count}
+    count = totals[:, 2].clamp_min(1)
+    res = {f"{split}/loss": (totals[:, 0] / count).cpu()}
     if classify:
-        res[f"{split}/acc"] = float(totals[1]) / count
+        res[f"{split}/acc"] = (totals[:, 1] / count).cpu()
     return res
 
 
@@ -95,17 +99,14 @@ class MaskedTraining(L.Callback):
         if self._active:
             pruning.apply_masks_(self._params, self._fmasks)
 
+    @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
         if self._active:
-            grads = [p.grad for p in self._params]
-            if any(g is None for g in grads):
-                pruning.mask_grads_(self._params, self._fmasks)
-            else:
-                torch._foreach_mul_(grads, self._fmasks)
+            pruning.mask_grads_(self._params, self._fmasks)
 
+    @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if self._active:
-            with torch.no_grad():
-                torch._foreach_mul_(self._params, self._fmasks)
+            pruning.apply_masks_(self._params, self._fmasks)

@@ -6,15 +6,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
+from typing_extensions import override
 
 from overparam_lit import pruning
-from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits
-from overparam_lit.utils import (
-    atomic_write_json,
-    check,
-    log_scalars,
-    run_dir,
-)
+from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_members
+from overparam_lit.models.stack import control_seed
+from overparam_lit.utils import atomic_write_json, check, log_scalars, run_dir
 
 
 class TicketStart(MaskedTraining):
@@ -24,14 +22,19 @@ class TicketStart(MaskedTraining):
     ticket mask), ``random_reinit`` (ticket mask, fresh init), ``random_mask`` (rewind weights,
     random mask of the same per-layer density), ``perturb_rest`` (dense net: ticket weights at
     their rewind values, every other weight re-drawn, or perturbed by ``sigma`` times the
-    layer's weight std). Masks are kept during training exactly as in IMP. Writes
-    ``<run_dir>/imp/ticket_start.json`` and, at the end, ``ticket_result.json``.
+    layer's weight std). Masks are kept during training exactly as in IMP.
+
+    With members, the ticket must come from a fit with the same members (an IMP run with the
+    same ``--model.seeds``/``--model.widths``): every member starts from its own ticket, and its
+    controls are drawn from its own seed (:func:`~overparam_lit.models.stack.control_seed`), so a
+    member's control equals the single run's control. Writes ``<run_dir>/imp/ticket_start.json``
+    and, at the end, ``ticket_result.json`` (means, and every member under ``members``).
 
     Args:
         ticket: path of the level folder, e.g. ``runs/x/imp/level_07``.
         mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``perturb_rest``.
         sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
-        seed: seed of the fresh init, random mask or perturbation.
+        seed: seed of the controls' draws (combined with each member's seed).
         eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
     """
 
@@ -51,18 +54,30 @@ class TicketStart(MaskedTraining):
         self._started = False
         self._info: dict[str, Any] = {}
 
+    @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self._started:
             return
         ticket = pruning.load_ticket(self.ticket)
         pruning.check_ticket(ticket, pl_module)
-        self.masks = pruning.start_from_ticket(pl_module, ticket, self.mode, self.sigma, self.seed)
+        members = getattr(pl_module, "members", None)
+        rows = pl_module.member_rows() if hasattr(pl_module, "member_rows") else [{"seed": 0}]
+        seeds = [control_seed(self.seed, r["seed"]) for r in rows]
+        fresh = (lambda: pl_module.fresh_state(seeds)) if hasattr(pl_module, "fresh_state") else None
+        net = getattr(pl_module, "net", None)
+        base = {f"net.{n}": m for n, m in (getattr(net, "structure", None) or {}).items()}
+        self.masks = pruning.start_from_ticket(pl_module, ticket, self.mode, self.sigma,
+                                               seeds if members is not None else seeds[0], fresh, base)
         self._started = True
-        dens = pruning.density(self.masks) if self.masks is not None else 1.0
+        kept = ticket.masks if self.masks is None else self.masks
+        reports = pruning.member_reports(kept, base, None if members is None else len(members))
+        dens = [1.0 if self.masks is None else r["total"]["density"] for r in reports]
         self._info = {"ticket": self.ticket, "mode": self.mode, "sigma": self.sigma, "seed": self.seed,
-                      "density": dens, "ticket_density": pruning.density(ticket.masks),
-                      "ticket_meta": ticket.meta}
+                      "density": sum(dens) / len(dens),
+                      "ticket_density": sum(r["total"]["density"] for r in reports) / len(reports),
+                      "ticket_meta": {k: v for k, v in ticket.meta.items() if k != "members"}}
 
+    @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.masks is not None:
             self.masks = {n: m.cpu() for n, m in broadcast_masks(trainer, self.masks).items()}
@@ -70,19 +85,26 @@ class TicketStart(MaskedTraining):
         if trainer.global_rank == 0:
             atomic_write_json(self._info, run_dir(trainer) / "imp" / "ticket_start.json")
 
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics: dict[str, float] = {}
+        metrics: dict[str, torch.Tensor] = {}
         for split in self.eval_splits:
-            metrics.update(evaluate_splits(trainer, pl_module, split))
-        result = {**self._info, **metrics}
-        log_scalars(trainer, {f"ticket/{k.replace('/', '_')}": v for k, v in metrics.items()})
+            metrics.update(evaluate_members(trainer, pl_module, split))
+        means = {k: float(v.mean()) for k, v in metrics.items()}
+        result: dict[str, Any] = {**self._info, **means}
+        if getattr(pl_module, "members", None) is not None:
+            result["members"] = [{**row, **{k: float(v[i]) for k, v in metrics.items()}}
+                                 for i, row in enumerate(pl_module.member_rows())]
+        log_scalars(trainer, {f"ticket/{k.replace('/', '_')}": v for k, v in means.items()})
         if trainer.global_rank == 0:
             atomic_write_json(result, run_dir(trainer) / "imp" / "ticket_result.json")
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"masks": None if self.masks is None else {n: m.cpu() for n, m in self.masks.items()},
                 "info": self._info}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.masks = state_dict["masks"]
         self._info = state_dict.get("info", {})

@@ -2,35 +2,54 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import MeanMetric, Metric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
 
-from overparam_lit.utils import check
+from overparam_lit import pruning
+from overparam_lit.models.memory import MemoryEstimate, available_bytes, count_activations
+from overparam_lit.models.stack import (
+    Member,
+    StackedNet,
+    build_members,
+    member_grid,
+    parse_seeds,
+    parse_widths,
+    seeded,
+)
+from overparam_lit.utils import ConfigError, check
 
 Task = Literal["classification", "regression"]
 
+TRAIN_SUMS = ("loss_sum", "hits", "hits_flipped", "flips", "count")
+EVAL_SUMS = ("loss_sum", "hits", "hits_noisy", "count")
+
 
 class RunningSums(Metric):
-    """Element-wise running sums of a fixed-size vector, summed over DDP ranks."""
+    """Element-wise running sums of a fixed-size tensor, summed over DDP ranks."""
 
     full_state_update = False
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, *shape: int) -> None:
         super().__init__()
-        self.add_state("sums", torch.zeros(size), dist_reduce_fx="sum")
+        self.add_state("sums", torch.zeros(*shape), dist_reduce_fx="sum")
 
     def update(self, values: Tensor) -> None:
         self.sums += values
 
     def compute(self) -> Tensor:
         return self.sums
+
+
+class TrainingDiverged(ConfigError):
+    """The training loss became NaN or infinite."""
 
 
 def _default_optimizer(params: object) -> torch.optim.Optimizer:
@@ -40,20 +59,35 @@ def _default_optimizer(params: object) -> torch.optim.Optimizer:
 class OverparamModule(L.LightningModule):
     """Base LightningModule of overparam-lit.
 
-    Subclasses override :meth:`build_network` and nothing else: losses, torchmetrics accuracy,
-    the optimizer and LR scheduler chosen in YAML, parameter counting and the study callbacks
-    keep working. Batches are ``(x, y, y_true)``: ``y`` is the label trained on (possibly
-    noisy), ``y_true`` the clean one.
+    Subclasses override :meth:`build_network` and nothing else: losses, accuracy, the optimizer
+    and LR scheduler chosen in YAML, parameter counting, members and the study callbacks keep
+    working. Batches are ``(x, y, y_true)``: ``y`` is the label trained on (possibly noisy),
+    ``y_true`` the clean one.
+
+    **Members.** ``seeds`` and/or ``widths`` turn the module into a stack of ``widths x seeds``
+    networks trained together in one fit (:class:`~overparam_lit.models.stack.StackedNet`).
+    Member ``(s, k)`` starts exactly as the single run ``--seed_everything s --model.width k``
+    (the family's ``build_network`` at width ``k`` right after seeding torch with ``s``) and sees
+    the same batches in the same order, so it trains as that run would. ``forward`` then returns
+    ``(M, B, ...)``; the training loss is the sum of the members' mean losses; the logged
+    ``train/*``, ``val/*`` and ``test/*`` scalars are means over members, and every member's own
+    numbers go to ``members.csv`` in the run folder (and a W&B table).
 
     Args:
-        width: the width ``k`` that scales the family (logged as ``model/width``).
+        width: the width ``k`` that scales the family (logged as ``model/width``); with
+            ``widths`` the widest member's width is used instead.
         input_shape: shape of one input, linked from ``data.input_shape`` by the CLI.
         num_classes: classes (classification) or output dimension (regression), linked from
             ``data.num_classes``.
         task: ``classification`` (cross-entropy) or ``regression`` (MSE), linked from data.
         optimizer: optimizer factory, chosen in YAML (``class_path: torch.optim.SGD``...).
+            Members are exact with element-wise optimizers (SGD, momentum, Adam, AdamW, RMSprop).
         lr_scheduler: optional LR scheduler factory, chosen in YAML.
         lr_scheduler_interval: step the scheduler each ``epoch`` or each ``step``.
+        seeds: members' seeds: ``S`` for seeds ``0..S-1``, or a list. ``None`` (default) with no
+            ``widths`` is a single model seeded by ``seed_everything``.
+        widths: members' widths (narrower members are padded to the widest with fixed masks).
+            Without ``seeds`` every width uses the run's seed (``seed_everything``).
     """
 
     def __init__(
@@ -65,10 +99,12 @@ class OverparamModule(L.LightningModule):
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
+        seeds: int | list[int] | None = None,
+        widths: list[int] | None = None,
     ) -> None:
         super().__init__()
         check(
-            isinstance(width, int) and width > 0,
+            isinstance(width, int) and not isinstance(width, bool) and width > 0,
             "model width must be a positive integer",
             width,
             "Set --model.width to an integer >= 1, for example 64.",
@@ -85,7 +121,10 @@ class OverparamModule(L.LightningModule):
             num_classes,
             "Check the data module's num_classes.",
         )
-        self.width = int(width)
+        check(
+            lr_scheduler_interval in ("epoch", "step"), "lr_scheduler_interval must be 'epoch' or 'step'",
+            lr_scheduler_interval, "Set --model.lr_scheduler_interval epoch (or step).",
+        )
         self.input_shape = tuple(int(s) for s in input_shape)
         check(
             len(self.input_shape) >= 1 and all(s > 0 for s in self.input_shape),
@@ -93,6 +132,10 @@ class OverparamModule(L.LightningModule):
             self.input_shape,
             "Let the CLI link it from the data module, or pass e.g. [1, 40].",
         )
+        seed_list, width_list = parse_seeds(seeds), parse_widths(widths)
+        for k in width_list or [width]:
+            self.check_width(k)
+        self.width = int(max(width_list) if width_list else width)
         self.num_classes = int(num_classes)
         self.task: Task = task
         self.optimizer_factory = optimizer
@@ -100,94 +143,267 @@ class OverparamModule(L.LightningModule):
         self.lr_scheduler_interval = lr_scheduler_interval
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
         self.hparams["input_shape"] = list(self.input_shape)  # plain YAML in hparams.yaml
-        self.net: nn.Module = self.build_network()
-        self.num_params = sum(p.numel() for p in self.net.parameters())
+        self.members: list[Member] | None = None
+        self.run_seed = int(torch.initial_seed())  # seed_everything's seed, before anything is drawn
+        if seed_list is not None or width_list is not None:
+            self.members = member_grid(seed_list or [self.run_seed], width_list or [self.width])
+            # resolved lists: a checkpoint rebuilds exactly these members
+            self.hparams["seeds"] = list(dict.fromkeys(m.seed for m in self.members))
+            self.hparams["widths"] = list(dict.fromkeys(m.width for m in self.members))
+        # the widest network on the meta device: shapes for estimates and stacking (not a submodule)
+        self.__dict__["_template"] = self._meta_network(self.width)
+        self._params_per_member = sum(p.numel() for p in self._template.parameters())
+        self._check_memory(self.estimate_memory(batch_size=0), "cpu", "to build the model")
+        self.net: nn.Module = self._build_net()
+        self.member_num_params = self._member_param_counts()
+        self.num_params = int(round(sum(self.member_num_params) / len(self.member_num_params)))
         self._build_metrics()
+        self._structure: list[tuple[Tensor, Tensor]] = []
+        self._first_bad_step: Tensor | None = None
 
     # ---- the one method a new study overrides -------------------------------------------
     def build_network(self) -> nn.Module:
         """Return the network mapping a batch of inputs ``(B, *input_shape)`` to outputs
-        ``(B, num_classes)``. Read ``self.width``, ``self.input_shape`` and ``self.num_classes``."""
+        ``(B, num_classes)``. Read ``self.width``, ``self.input_shape`` and ``self.num_classes``
+        here (members build one network per width by setting ``self.width`` before the call)."""
         raise NotImplementedError(
             f"{type(self).__name__} must override build_network() to return an nn.Module."
         )
 
+    def check_width(self, width: int) -> None:
+        """Refuse a width this family cannot build (override for extra rules; called for every
+        member width before anything is built)."""
+        check(
+            isinstance(width, int) and not isinstance(width, bool) and width > 0,
+            "model width must be a positive integer",
+            width,
+            "Set --model.width (or every entry of --model.widths) to an integer >= 1.",
+        )
+
+    # ---- building -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _at_width(self, width: int) -> Iterator[None]:
+        saved = self.width
+        self.width = int(width)
+        try:
+            yield
+        finally:
+            self.width = saved
+
+    def _meta_network(self, width: int) -> nn.Module:
+        """The network at ``width`` on the ``meta`` device (shapes only; nothing is allocated)."""
+        with seeded(0), self._at_width(width), torch.device("meta"):
+            return self.build_network()
+
+    def _build_net(self) -> nn.Module:
+        if self.members is None:
+            return self.build_network()
+
+        def build(width: int) -> nn.Module:
+            with self._at_width(width):
+                return self.build_network()
+
+        nets = build_members(build, self.members)
+        example = torch.randn((2, *self.input_shape), generator=torch.Generator().manual_seed(0))
+        return StackedNet(nets, self._template, check_inputs=example)
+
+    def _member_param_counts(self) -> list[int]:
+        if self.members is None:
+            return [sum(p.numel() for p in self.net.parameters())]
+        counts = []
+        structure = self.net.structure
+        for m in self.members:
+            n = 0
+            for name, p in self.net.named_parameters():
+                n += int(structure[name][m.index].sum()) if name in structure else p[0].numel()
+            counts.append(n)
+        return counts
+
+    @property
+    def num_members(self) -> int:
+        """``M``: 1 for a single model."""
+        return 1 if self.members is None else len(self.members)
+
+    def member_rows(self) -> list[dict[str, int]]:
+        """``member``, ``seed``, ``width`` and ``num_params`` of every member (one row for a
+        single model, with the run's seed)."""
+        if self.members is None:
+            return [{"member": 0, "seed": self.run_seed, "width": self.width,
+                     "num_params": self.num_params}]
+        return [{"member": m.index, "seed": m.seed, "width": m.width, "num_params": n}
+                for m, n in zip(self.members, self.member_num_params, strict=True)]
+
+    def fresh_state(self, seeds: Sequence[int]) -> dict[str, Tensor]:
+        """Parameters and buffers of a fresh initialisation, keyed like ``state_dict``: each
+        member's network rebuilt after seeding torch with ``seeds[i]`` (a single model takes one
+        seed). Ticket controls use it to re-draw weights."""
+        check(len(seeds) == self.num_members, "fresh_state needs one seed per member", list(seeds),
+              f"Pass {self.num_members} seed(s).")
+        if self.members is None:
+            with seeded(seeds[0]):
+                net = self.build_network()
+            items = {**dict(net.named_parameters()), **dict(net.named_buffers())}
+            return {f"net.{k}": v.detach() for k, v in items.items()}
+        rebuilt = [Member(m.index, int(s), m.width) for m, s in zip(self.members, seeds, strict=True)]
+
+        def build(width: int) -> nn.Module:
+            with self._at_width(width):
+                return self.build_network()
+
+        stack = StackedNet(build_members(build, rebuilt), self._template)
+        items = {**stack.stacked_params(), **stack.stacked_buffers()}
+        return {f"net.{k}": v.detach() for k, v in items.items()}
+
+    # ---- memory -------------------------------------------------------------------------
+    def estimate_memory(self, batch_size: int) -> MemoryEstimate:
+        """Bytes a fit of this module needs (parameters with gradients and Adam's two states, and
+        the activations of a batch of ``batch_size``), estimated without allocating anything."""
+        acts = count_activations(self._template, self.input_shape) if batch_size > 0 else 0
+        return MemoryEstimate(self.num_members, self._params_per_member, acts, int(batch_size))
+
+    def _check_memory(self, estimate: MemoryEstimate, device: torch.device | str, when: str) -> None:
+        free = available_bytes(device)
+        need = estimate.parameter_bytes // 2 if estimate.batch_size == 0 else estimate.total_bytes
+        if free is None or need <= 0.9 * free:
+            return
+        fix = ("Fit fewer members at once (split --model.seeds or --model.widths over several fits; "
+               "`overparam-lit sweep` does this), use a smaller batch or smaller widths."
+               if self.members is not None else "Use a smaller width or batch size.")
+        raise ConfigError(
+            f"the model does not fit in memory {when}: it needs {estimate.describe()}, but "
+            f"{torch.device(device).type} has {free / 1024**3:.3g} GiB available. {fix}")
+
+    def setup(self, stage: str) -> None:
+        """Refuse a fit whose memory estimate exceeds the training device, before any step."""
+        if stage != "fit" or self._trainer is None:
+            return
+        dm = getattr(self.trainer, "datamodule", None)
+        batch = int(getattr(dm, "batch_size", 0) or 0)
+        if batch > 0:
+            self._check_memory(self.estimate_memory(batch), self.trainer.strategy.root_device,
+                               "to train")
+
     # ---- forward, loss, metrics ---------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
-        """Outputs (logits for classification) of the network."""
+        """Outputs (logits for classification) of the network: ``(B, C)``, or ``(M, B, C)`` for
+        members."""
         return self.net(x)
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        """Mean loss of ``outputs`` against ``targets`` (cross-entropy or MSE)."""
+        """Mean loss of ``outputs`` against ``targets`` (cross-entropy or MSE) for one network."""
         if self.task == "classification":
             return nn.functional.cross_entropy(outputs, targets)
         return nn.functional.mse_loss(outputs, targets.reshape(outputs.shape))
 
+    def member_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """Each member's mean loss ``(M,)`` for outputs ``(M, B, ...)`` and one batch of targets
+        (``(1,)`` for a single model's ``(B, ...)`` outputs)."""
+        if self.members is None:
+            return self.loss(outputs, targets).reshape(1)
+        if type(self).loss is OverparamModule.loss and self.task == "classification":
+            m, b = outputs.shape[0], outputs.shape[1]
+            ce = nn.functional.cross_entropy(outputs.reshape(m * b, -1), targets.repeat(m), reduction="none")
+            return ce.reshape(m, b).mean(1)
+        return torch.vmap(self.loss, in_dims=(0, None))(outputs, targets)
+
     def _build_metrics(self) -> None:
-        # training steps update one running-sum metric (one cheap update per step); validation
-        # and test use torchmetrics' accuracy. Both are reduced over DDP ranks by torchmetrics.
-        self.metric = nn.ModuleDict({"train_sums": RunningSums(5)})
-        for split in ("val", "test"):
-            self.metric[f"{split}_loss"] = MeanMetric()
-            if self.task == "classification":
-                self.metric[f"{split}_acc"] = MulticlassAccuracy(
-                    self.num_classes, average="micro", validate_args=False
-                )
-                self.metric[f"{split}_acc_noisy"] = MulticlassAccuracy(
-                    self.num_classes, average="micro", validate_args=False
-                )
+        # one cheap update per step: running sums per member, reduced over DDP ranks
+        m = self.num_members
+        self.metric = nn.ModuleDict({
+            "train_sums": RunningSums(m, len(TRAIN_SUMS)),
+            "val_sums": RunningSums(m, len(EVAL_SUMS)),
+            "test_sums": RunningSums(m, len(EVAL_SUMS)),
+        })
 
     def _step(self, batch: Sequence[Tensor], split: str) -> Tensor:
         x, y, y_true = batch
         out = self(x)
-        if split == "train":
-            loss = self.loss(out, y)
-            with torch.no_grad():
-                n = loss.new_full((1,), float(x.shape[0]))
-                if self.task == "classification":
-                    hit, flipped = out.argmax(dim=1) == y, y != y_true
-                    counts = torch.stack([hit.sum(), (hit & flipped).sum(), flipped.sum()])
+        target = y if split == "train" else y_true
+        losses = self.member_losses(out, target)
+        with torch.no_grad():
+            outs = out if self.members is not None else out.unsqueeze(0)
+            n = losses.new_full((self.num_members,), float(x.shape[0]))
+            cols = [losses.detach() * n]
+            if self.task == "classification":
+                pred = outs.argmax(dim=-1)
+                hit = pred == target
+                if split == "train":
+                    flipped = y != y_true
+                    cols += [hit.sum(1), (hit & flipped).sum(1), flipped.sum().expand_as(n)]
                 else:
-                    counts = torch.zeros(3, dtype=torch.long, device=loss.device)
-                # [sum of losses, hits on trained labels, hits on flipped labels, flips, samples]
-                sums = torch.cat([loss.detach().reshape(1) * n, counts.to(loss.dtype), n])
-                self.metric["train_sums"].update(sums)
-            return loss
-        loss = self.loss(out, y_true)
-        self.metric[f"{split}_loss"].update(loss.detach(), x.shape[0])
+                    cols += [hit.sum(1), (pred == y).sum(1)]
+            else:
+                cols += [torch.zeros_like(n)] * (len(TRAIN_SUMS if split == "train" else EVAL_SUMS) - 2)
+            cols.append(n)
+            self.metric[f"{split}_sums"].update(torch.stack([c.to(n.dtype) for c in cols], dim=1))
+            if split == "train":
+                self._watch_finite(losses.detach())
+        return losses.sum()
+
+    def _watch_finite(self, losses: Tensor) -> None:
+        """Remember the first step with a non-finite loss per member (no host sync per step)."""
+        if self._first_bad_step is None or self._first_bad_step.device != losses.device:
+            self._first_bad_step = torch.full((self.num_members,), -1, dtype=torch.long, device=losses.device)
+        bad = ~torch.isfinite(losses) & (self._first_bad_step < 0)
+        self._first_bad_step = torch.where(bad, self.trainer.global_step, self._first_bad_step)
+
+    def member_epoch_metrics(self, split: str) -> dict[str, Tensor]:
+        """Each member's metrics ``{key: (M,)}`` of the running epoch of ``split`` (``train``,
+        ``val`` or ``test``), reduced over DDP ranks; reading them does not reset them."""
+        sums = self.metric[f"{split}_sums"].compute().double()
+        count = sums[:, -1].clamp_min(1)
+        out = {f"{split}/loss": sums[:, 0] / count}
         if self.task == "classification":
-            pred = out.detach().argmax(dim=1)
-            self.metric[f"{split}_acc"].update(pred, y_true)
-            self.metric[f"{split}_acc_noisy"].update(pred, y)
-        return loss
+            out[f"{split}/acc"] = sums[:, 1] / count
+            if split == "train":
+                if float(sums[0, 3]) > 0:
+                    out["train/acc_noisy_memorized"] = sums[:, 2] / sums[:, 3]
+            else:
+                out[f"{split}/acc_noisy"] = sums[:, 2] / count
+        return out
 
     def _log_epoch(self, split: str) -> None:
-        m = self.metric
-        if split == "train":
-            loss_sum, hits, hits_flipped, flips, n = m["train_sums"].compute().unbind()
-            logs = {"train/loss": loss_sum / n.clamp_min(1)}
-            if self.task == "classification":
-                logs["train/acc"] = hits / n.clamp_min(1)
-                if float(flips) > 0:
-                    logs["train/acc_noisy_memorized"] = hits_flipped / flips
-            m["train_sums"].reset()
-        else:
-            logs = {f"{split}/loss": m[f"{split}_loss"].compute()}
-            if self.task == "classification":
-                logs[f"{split}/acc"] = m[f"{split}_acc"].compute()
-                logs[f"{split}/acc_noisy"] = m[f"{split}_acc_noisy"].compute()
-            for key in list(m.keys()):
-                if key.startswith(split):
-                    m[key].reset()
-        # metrics are already reduced over ranks by torchmetrics
+        per_member = self.member_epoch_metrics(split)
+        self.metric[f"{split}_sums"].reset()
+        finite = torch.isfinite(per_member[f"{split}/loss"])
+        logs: dict[str, Any] = {}
+        for key, values in per_member.items():
+            ok = values[finite] if bool(finite.any()) else values
+            logs[key] = ok.mean().float()
+        if self.members is not None and split == "train":
+            logs["members/diverged"] = float((~finite).sum())
+        # metrics are already reduced over ranks
         self.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
     def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step; per-step logging is kept to accumulation only."""
+        """One optimisation step of every member (the sum of their mean losses)."""
         return self._step(batch, "train")
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch("train")
+        self._stop_on_divergence()
+
+    def _stop_on_divergence(self) -> None:
+        if self._first_bad_step is None:
+            return
+        first = self._first_bad_step.cpu()
+        bad = (first >= 0).nonzero().flatten().tolist()
+        if not bad:
+            return
+        if self.members is None or len(bad) == self.num_members:
+            step = int(first[bad].min())
+            who = "" if self.members is None else f" for every member (first: member {bad[0]})"
+            raise TrainingDiverged(
+                f"the training loss became NaN or infinite at step {step} (epoch "
+                f"{self.trainer.current_epoch}){who}. Lower the learning rate (the optimizer's lr), "
+                "add warm-up or gradient clipping, or check the data for non-finite values; the "
+                "last checkpoint before the divergence is in the run folder's checkpoints/.")
+        new = [i for i in bad if i not in getattr(self, "_reported_bad", set())]
+        if new:
+            self._reported_bad = set(bad)
+            rank_zero_warn(f"members {new} diverged (NaN or infinite loss from steps "
+                           f"{[int(first[i]) for i in new]}); the others keep training and the logged "
+                           "means leave diverged members out (members/diverged counts them).")
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -196,9 +412,7 @@ class OverparamModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._log_epoch("val")
         else:
-            for key in self.metric:
-                if key.startswith("val"):
-                    self.metric[key].reset()
+            self.metric["val_sums"].reset()
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._step(batch, "test")
@@ -207,24 +421,54 @@ class OverparamModule(L.LightningModule):
         self._log_epoch("test")
 
     def predict_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        """Predicted class (classification) or output (regression)."""
+        """Predicted class (classification) or output (regression); ``(M, B)`` for members."""
         out = self(batch[0])
-        return out.argmax(dim=1) if self.task == "classification" else out
+        return out.argmax(dim=-1) if self.task == "classification" else out
 
     def on_fit_start(self) -> None:
-        self.log_model_size()
+        if self.trainer.ckpt_path is None:  # a resumed fit logged it already
+            self.log_model_size()
+        self._bind_structure()
 
     def on_test_start(self) -> None:
         self.log_model_size()
 
     def log_model_size(self) -> None:
-        """Log ``model/num_params`` and ``model/width`` once, to every logger."""
+        """Log ``model/num_params`` and ``model/width`` once, to every logger (member means)."""
         if self.trainer.global_rank == 0:
+            widths = [r["width"] for r in self.member_rows()]
             for logger in self.trainer.loggers:
                 logger.log_metrics(
-                    {"model/num_params": float(self.num_params), "model/width": float(self.width)},
+                    {"model/num_params": float(sum(self.member_num_params) / len(self.member_num_params)),
+                     "model/width": float(sum(widths) / len(widths))},
                     step=self.trainer.global_step,
                 )
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Members write ``members.csv`` and a W&B table (:class:`MembersTable`)."""
+        if self.members is None:
+            return []
+        from overparam_lit.callbacks.members import MembersTable
+
+        return [MembersTable()]
+
+    # ---- structural masks of padded members -----------------------------------------------
+    def _bind_structure(self) -> None:
+        structure = getattr(self.net, "structure", {}) or {}
+        params = dict(self.net.named_parameters())
+        self._structure = [(params[n], m.to(device=params[n].device, dtype=params[n].dtype))
+                           for n, m in structure.items()]
+        if self._structure:
+            pruning.apply_masks_(*zip(*self._structure, strict=True))
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Padding of narrower members gets no gradient (its weights stay exactly zero)."""
+        if self._structure:
+            pruning.mask_grads_(*zip(*self._structure, strict=True))
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._structure:
+            pruning.apply_masks_(*zip(*self._structure, strict=True))
 
     # ---- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> object:

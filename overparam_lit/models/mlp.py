@@ -62,13 +62,16 @@ class LeNet300100(OverparamModule):
     ReLU units (``width=300`` is the original 784-300-100-10 net, 266,610 parameters)."""
 
     def __init__(self, width: int = 300, **kwargs) -> None:
+        super().__init__(width=width, **kwargs)
+
+    def check_width(self, width: int) -> None:
+        """Widths below 3 would leave the second hidden layer empty."""
         check(
-            isinstance(width, int) and width >= 3,
+            isinstance(width, int) and not isinstance(width, bool) and width >= 3,
             "LeNet300100 width must be an integer >= 3 (the second layer has width // 3 units)",
             width,
-            "Set --model.width, e.g. 300.",
+            "Set --model.width (or every entry of --model.widths) to an integer >= 3, e.g. 300.",
         )
-        super().__init__(width=width, **kwargs)
 
     def build_network(self) -> nn.Module:
         fan_in, w = math.prod(self.input_shape), self.width

@@ -1,6 +1,7 @@
 """Pruning as pure functions (torch only): selection, magnitude and random masks, structured
 channel groups through torch-pruning, and ticket starts with their controls."""
 
+from overparam_lit.pruning.imp import ImpLevels
 from overparam_lit.pruning.masks import (
     SCOPES,
     apply_masks_,
@@ -14,6 +15,8 @@ from overparam_lit.pruning.masks import (
     random_masks_like,
     sparsity_report,
 )
+from overparam_lit.pruning.members import initial_masks, member_reports, own_counts, prune_members
+from overparam_lit.pruning.schedule import SCHEDULES, SparsitySchedule
 from overparam_lit.pruning.select import PrunableWeight, output_layer_name, prunable_weights
 from overparam_lit.pruning.structured import (
     ChannelGroup,
@@ -35,7 +38,14 @@ from overparam_lit.pruning.tickets import (
 )
 
 __all__ = [
+    "SCHEDULES",
     "SCOPES",
+    "ImpLevels",
+    "SparsitySchedule",
+    "initial_masks",
+    "member_reports",
+    "own_counts",
+    "prune_members",
     "TICKET_MODES",
     "ChannelGroup",
     "PrunableWeight",

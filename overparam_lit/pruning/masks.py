@@ -45,6 +45,7 @@ def magnitude_prune(
     density: float,
     scope: Scope = "global",
     own_density: Mapping[str, float] | None = None,
+    numel: Mapping[str, int] | None = None,
 ) -> dict[str, Tensor]:
     """New masks that keep the largest-magnitude surviving weights.
 
@@ -61,22 +62,25 @@ def magnitude_prune(
         density: target density in [0, 1].
         scope: ``global`` or ``layerwise``.
         own_density: per-layer target densities for layers pruned at their own rate.
+        numel: per-layer counts of the *original* entries (default: the tensors' sizes); a
+            padded member of a stack counts only its own entries.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {SCOPES}")
     own = dict(own_density or {})
+    size = {n: int(numel[n]) if numel is not None else masks[n].numel() for n in weights}
     new: dict[str, Tensor] = {}
     pool = [n for n in weights if n not in own]
     layerwise = {n: density for n in pool} if scope == "layerwise" else {}
     layerwise.update(own)
     for name, dens in layerwise.items():
         w, m = weights[name], masks[name]
-        flat = _keep_largest(w.detach().abs().flatten(), m.flatten(), kept_count(m.numel(), dens))
+        flat = _keep_largest(w.detach().abs().flatten(), m.flatten(), kept_count(size[name], dens))
         new[name] = flat.view_as(m)
     if scope == "global" and pool:
         scores = torch.cat([weights[n].detach().abs().flatten().float() for n in pool])
         alive = torch.cat([masks[n].flatten() for n in pool])
-        total = sum(masks[n].numel() for n in pool)
+        total = sum(size[n] for n in pool)
         flat = _keep_largest(scores, alive, kept_count(total, density))
         start = 0
         for n in pool:
@@ -108,12 +112,16 @@ def prune_remaining(
     return magnitude_prune(weights, masks, round((1 - fraction) * total_alive) / max(total, 1), scope)
 
 
-def random_masks_like(masks: Mapping[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
-    """Random masks with exactly the same number of kept entries per layer (random positions)."""
+def random_masks_like(masks: Mapping[str, Tensor], generator: torch.Generator,
+                      within: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Random masks with exactly the same number of kept entries per layer (random positions),
+    drawn among the ``within`` entries of each layer when given (a padded member's own entries)."""
     out = {}
     for name, m in masks.items():
         keep = int(m.sum())
-        idx = torch.randperm(m.numel(), generator=generator)[:keep].to(m.device)
+        allowed = (torch.ones_like(m) if within is None else within[name].to(m.device)).flatten()
+        pool = allowed.nonzero().flatten()
+        idx = pool[torch.randperm(pool.numel(), generator=generator)[:keep].to(m.device)]
         flat = torch.zeros(m.numel(), dtype=torch.bool, device=m.device)
         flat[idx] = True
         out[name] = flat.view_as(m)
@@ -126,21 +134,24 @@ def density(masks: Mapping[str, Tensor]) -> float:
     return float(sum(int(m.sum()) for m in masks.values())) / max(total, 1)
 
 
-def sparsity_report(masks: Mapping[str, Tensor]) -> dict:
-    """Per-layer and total counts: ``{"layers": {name: {...}}, "total": {...}}`` (JSON-ready)."""
+def sparsity_report(masks: Mapping[str, Tensor], numel: Mapping[str, int] | None = None) -> dict:
+    """Per-layer and total counts: ``{"layers": {name: {...}}, "total": {...}}`` (JSON-ready).
+
+    ``numel`` gives the original entries of each layer (default: the mask's size)."""
     layers = {}
     for name, m in masks.items():
         kept = int(m.sum())
+        size = int(numel[name]) if numel is not None else m.numel()
         layers[name] = {
             "shape": list(m.shape),
-            "numel": m.numel(),
+            "numel": size,
             "kept": kept,
-            "density": kept / max(m.numel(), 1),
-            "sparsity": 1 - kept / max(m.numel(), 1),
+            "density": kept / max(size, 1),
+            "sparsity": 1 - kept / max(size, 1),
         }
-    numel = sum(v["numel"] for v in layers.values())
+    total_numel = sum(v["numel"] for v in layers.values())
     kept = sum(v["kept"] for v in layers.values())
-    total = {"numel": numel, "kept": kept, "density": kept / max(numel, 1)}
+    total = {"numel": total_numel, "kept": kept, "density": kept / max(total_numel, 1)}
     total["sparsity"] = 1 - total["density"]
     return {"layers": layers, "total": total}
 

@@ -1,4 +1,5 @@
-"""Which parameters IMP prunes: the weights of Linear and Conv layers, never biases or norms."""
+"""Which parameters IMP prunes: the weights of Linear and Conv layers (and, on request, their
+biases); never normalisation layers or anything else."""
 
 from __future__ import annotations
 
@@ -41,16 +42,19 @@ def output_layer_name(model: nn.Module) -> str | None:
 
 
 def prunable_weights(
-    model: nn.Module, include_output: bool = True, output_layer: str | None = None
+    model: nn.Module, include_output: bool = True, output_layer: str | None = None,
+    include_bias: bool = False,
 ) -> list[PrunableWeight]:
     """The weights of every Linear/Conv layer of ``model`` in registration order.
 
-    Biases, normalisation layers, embeddings and any other parameters are never selected.
+    Normalisation layers, embeddings and any other parameters are never selected; biases of
+    Linear/Conv layers only with ``include_bias``.
 
     Args:
         model: the module (for a LightningModule its names match its ``state_dict`` keys).
-        include_output: whether the output layer's weight is in the list.
+        include_output: whether the output layer's tensors are in the list.
         output_layer: module name of the output layer; the last Linear/Conv layer if ``None``.
+        include_bias: also select the layers' biases (pruned with the weights, by magnitude).
     """
     out_name = output_layer if output_layer is not None else output_layer_name(model)
     found = []
@@ -63,6 +67,9 @@ def prunable_weights(
         is_out = name == out_name
         if is_out and not include_output:
             continue
-        pname = f"{name}.weight" if name else "weight"
-        found.append(PrunableWeight(pname, name, tuple(weight.shape), is_out))
+        prefix = f"{name}." if name else ""
+        found.append(PrunableWeight(prefix + "weight", name, tuple(weight.shape), is_out))
+        bias = getattr(module, "bias", None)
+        if include_bias and isinstance(bias, nn.Parameter):
+            found.append(PrunableWeight(prefix + "bias", name, tuple(bias.shape), is_out))
     return found

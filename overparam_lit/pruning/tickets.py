@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,20 +31,37 @@ class Ticket:
     meta: dict = field(default_factory=dict)
 
 
+def load_tensors(path: str | Path, what: str, fix: str) -> dict[str, Tensor]:
+    """A ``{name: tensor}`` file saved with ``torch.save``, loaded with ``weights_only=True``; a
+    missing, empty, truncated or corrupt file (or a folder) is a :class:`ConfigError` naming it."""
+    path = Path(path)
+    check(path.exists(), f"{what} not found", str(path), fix)
+    check(path.is_file(), f"{what} is a folder, not a file", str(path), fix)
+    check(path.stat().st_size > 0, f"{what} is empty (0 bytes; an interrupted write?)", str(path), fix)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same clear message
+        raise ConfigError(f"{what} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}) "
+                          f"(got {str(path)!r}). The file is truncated or corrupt; {fix}") from None
+    check(isinstance(data, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()),
+          f"{what} does not hold a mapping of names to tensors", str(path), fix)
+    return data
+
+
 def load_ticket(path: str | Path) -> Ticket:
     """Load a ticket from an IMP level folder (``.../imp/level_XX``)."""
     path = Path(path)
-    check(
-        (path / "mask.pt").is_file() and (path / "rewind.pt").is_file(),
-        "ticket folder must contain mask.pt and rewind.pt (an IMP level folder)",
-        str(path),
-        "Point ticket at a folder like runs/<run>/imp/level_03 written by IterativeMagnitudePruning.",
-    )
-    masks = torch.load(path / "mask.pt", map_location="cpu", weights_only=True)
-    state = torch.load(path / "rewind.pt", map_location="cpu", weights_only=True)
+    fix = "Point ticket at a folder like runs/<run>/imp/level_03 written by IterativeMagnitudePruning."
+    check(path.is_dir(), "ticket folder not found (an IMP level folder holding mask.pt and rewind.pt)",
+          str(path), fix)
+    masks = load_tensors(path / "mask.pt", "the ticket's mask.pt", fix)
+    state = load_tensors(path / "rewind.pt", "the ticket's rewind.pt", fix)
     meta = {}
     if (path / "metrics.json").is_file():
-        meta = json.loads((path / "metrics.json").read_text())
+        try:
+            meta = json.loads((path / "metrics.json").read_text())
+        except (OSError, ValueError):
+            meta = {}
     return Ticket(masks={k: v.bool() for k, v in masks.items()}, rewind_state=state, meta=meta)
 
 
@@ -93,43 +110,76 @@ def load_state_(model: nn.Module, state: Mapping[str, Tensor]) -> None:
             own[k].copy_(v.to(own[k].device, own[k].dtype))
 
 
+def _std(w: Tensor, own: Tensor | None) -> Tensor:
+    return (w[own] if own is not None else w).float().std()
+
+
 @torch.no_grad()
 def start_from_ticket(
     model: nn.Module,
     ticket: Ticket,
     mode: str = "ticket",
     sigma: float | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
+    fresh_state: Callable[[], Mapping[str, Tensor]] | None = None,
+    base: Mapping[str, Tensor] | None = None,
 ) -> dict[str, Tensor] | None:
     """Set ``model``'s weights for one of the ticket starts and return the masks to train with.
 
     Modes:
         ``ticket``: rewind state with the ticket's mask (Frankle & Carbin's winning ticket).
-        ``random_reinit``: the same mask on a fresh initialisation (seed ``seed``).
+        ``random_reinit``: the same mask on a fresh initialisation.
         ``random_mask``: the rewind state with a random mask of the same per-layer density.
         ``perturb_rest``: the *dense* net (no mask is returned): the ticket's surviving weights
             at their rewind values, every pruned weight re-drawn from a fresh initialisation
             (``sigma is None``) or set to its rewind value plus ``sigma * std(layer) * N(0, 1)``.
+
+    Args:
+        seed: seed of the random masks and perturbations, and of the fresh initialisation of a
+            plain module; a list gives one seed per member of a stacked model (leading axis).
+        fresh_state: a fresh initialisation of ``model`` (default: every layer's own
+            ``reset_parameters`` under ``seed``).
+        base: a stack's structural masks: random masks and layer statistics stay within each
+            member's own entries.
     """
     if mode not in TICKET_MODES:
         raise ConfigError(f"unknown ticket mode {mode!r}; use one of {TICKET_MODES}")
     check_ticket(ticket, model)
-    gen = torch.Generator().manual_seed(int(seed))
+    seeds = [int(seed)] if isinstance(seed, int) else [int(s) for s in seed]
+    stacked = not isinstance(seed, int)
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
     state = {k: v.clone() for k, v in ticket.rewind_state.items()}
     masks: dict[str, Tensor] | None = {k: v.clone() for k, v in ticket.masks.items()}
+
+    def fresh() -> Mapping[str, Tensor]:
+        return fresh_state() if fresh_state is not None else fresh_init_state(model, seeds[0])
+
+    def parts(t: Tensor) -> list[Tensor]:
+        return list(t) if stacked else [t]
+
     if mode == "random_reinit":
-        state = fresh_init_state(model, seed)
+        state.update(fresh())
     elif mode == "random_mask":
-        masks = random_masks_like(ticket.masks, gen)
+        new = {}
+        for n, m in ticket.masks.items():
+            owns = parts(base[n]) if base is not None and n in base else [None] * len(seeds)
+            drawn = [random_masks_like({n: mi}, g, None if o is None else {n: o})[n]
+                     for mi, g, o in zip(parts(m), gens, owns, strict=True)]
+            new[n] = torch.stack(drawn) if stacked else drawn[0]
+        masks = new
     elif mode == "perturb_rest":
-        fresh = fresh_init_state(model, seed) if sigma is None else None
+        redrawn = fresh() if sigma is None else None
         for name, m in ticket.masks.items():
             w = state[name]
-            if sigma is None:
-                rest = fresh[name]
+            if redrawn is not None:
+                rest = redrawn[name]
             else:
-                rest = w + float(sigma) * w.float().std() * torch.randn(w.shape, generator=gen)
-            state[name] = torch.where(m, w, rest.to(w.dtype))
+                owns = parts(base[name]) if base is not None and name in base else [None] * len(seeds)
+                noise = [float(sigma) * _std(wi, o) * torch.randn(wi.shape, generator=g)
+                         for wi, g, o in zip(parts(w), gens, owns, strict=True)]
+                rest = w + (torch.stack(noise) if stacked else noise[0])
+            keep = m if base is None or name not in base else m | ~base[name]
+            state[name] = torch.where(keep, w, rest.to(w.dtype))
         masks = None
     load_state_(model, state)
     if masks is not None:

@@ -4,7 +4,7 @@ Pure functions and small dataclasses on torch, numpy and scipy (no Lightning); t
 ``DecisionRegions`` callback drives them during training.
 """
 
-from overparam_lit.regions.maps import LabelMaps, label_maps, load_label_maps
+from overparam_lit.regions.maps import LabelMaps, label_maps, load_label_maps, map_bytes
 from overparam_lit.regions.metrics import (
     Fragmentation,
     agreement,
@@ -22,11 +22,13 @@ from overparam_lit.regions.planes import (
     make_plane_bank,
     plane_through,
 )
+from overparam_lit.regions.snapshot import Snapshot, measure
 
 __all__ = [
     "POLICIES",
     "Fragmentation",
     "LabelMaps",
+    "Snapshot",
     "PlaneBank",
     "agreement",
     "anchor_consistency",
@@ -38,6 +40,8 @@ __all__ = [
     "label_maps",
     "load_label_maps",
     "make_plane_bank",
+    "map_bytes",
+    "measure",
     "plane_through",
     "region_counts",
 ]

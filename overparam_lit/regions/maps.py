@@ -16,6 +16,8 @@ from overparam_lit.utils import check
 class LabelMaps:
     """Label maps of one model on one bank.
 
+    A model with members (outputs ``(M, B, C)``) gives every array a leading member axis.
+
     Attributes:
         pred: ``(P, R, R)`` int16 predicted class; row ``i`` is ``v``, column ``j`` is ``u``
             (see :meth:`PlaneBank.grid_coords`).
@@ -82,17 +84,23 @@ def _evaluate(
         xb = pts.reshape(-1, *input_shape).to(device=device, dtype=dtype)
         out = model(xb)
         check(
-            out.dim() == 2 and out.shape[1] >= 2,
-            "label maps need class scores of shape (batch, num_classes >= 2)",
+            out.dim() in (2, 3) and out.shape[-1] >= 2,
+            "label maps need class scores of shape (batch, num_classes >= 2), or (members, batch, "
+            "num_classes) for a stack",
             tuple(out.shape),
             "Decision regions are defined for classification models only.",
         )
-        prob = torch.softmax(out.float(), dim=1)
-        top = prob.topk(2, dim=1).values
-        preds.append(out.argmax(dim=1).to("cpu", torch.int16))
-        confs.append(top[:, 0].cpu())
-        margins.append((top[:, 0] - top[:, 1]).cpu())
-    return torch.cat(preds), torch.cat(confs), torch.cat(margins)
+        prob = torch.softmax(out.float(), dim=-1)
+        top = prob.topk(2, dim=-1).values
+        preds.append(out.argmax(dim=-1).to("cpu", torch.int16))
+        confs.append(top[..., 0].cpu())
+        margins.append((top[..., 0] - top[..., 1]).cpu())
+    return torch.cat(preds, dim=-1), torch.cat(confs, dim=-1), torch.cat(margins, dim=-1)
+
+
+def map_bytes(num_planes: int, resolution: int, members: int = 1) -> int:
+    """Bytes of one snapshot's maps (class, confidence and margin per grid point and member)."""
+    return int(num_planes) * int(resolution) ** 2 * int(members) * 10
 
 
 def label_maps(
@@ -126,11 +134,12 @@ def label_maps(
         for m, mode in modes.items():
             m.training = mode
     p = len(planes)
+    lead = tuple(pr.shape[:-1])  # (M,) for a stack of members
     return LabelMaps(
-        pred=pr.reshape(p, r, r).numpy(),
-        confidence=cf.reshape(p, r, r).numpy(),
-        margin=mg.reshape(p, r, r).numpy(),
-        anchor_pred=ap.reshape(p, -1).numpy(),
+        pred=pr.reshape(*lead, p, r, r).numpy(),
+        confidence=cf.reshape(*lead, p, r, r).numpy(),
+        margin=mg.reshape(*lead, p, r, r).numpy(),
+        anchor_pred=ap.reshape(*lead, p, -1).numpy(),
     )
 
 

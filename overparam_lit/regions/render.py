@@ -201,3 +201,24 @@ def animate(
     anim.save(str(tmp), writer=animation.PillowWriter(fps=fps), dpi=80)
     tmp.replace(path)
     return path
+
+
+def summary_pictures(
+    preds: Sequence[np.ndarray],
+    titles: Sequence[str],
+    bank: PlaneBank,
+    planes: Sequence[int],
+    film_plane: int,
+    num_classes: int,
+    folder: str | Path,
+) -> dict[str, Path]:
+    """The pictures of a run's snapshots: ``overview.png`` (planes x up to 8 snapshots),
+    ``filmstrip.png`` and ``filmstrip.gif`` (one plane through training)."""
+    folder = Path(folder)
+    cols = np.unique(np.linspace(0, len(preds) - 1, min(8, len(preds))).round().astype(int))
+    return {
+        "overview": plane_grid([preds[i] for i in cols], bank, list(planes), num_classes,
+                               [titles[i] for i in cols], folder / "overview.png"),
+        "filmstrip": filmstrip(preds, bank, film_plane, num_classes, titles, folder / "filmstrip.png"),
+        "gif": animate(preds, bank, film_plane, num_classes, titles, folder / "filmstrip.gif"),
+    }

@@ -1,0 +1,106 @@
+"""``overparam-lit export``: one member of a stacked fit as a standalone checkpoint of its family.
+
+The exported file is an ordinary Lightning checkpoint of the single-model class (``MLP``,
+``CNN``, ...) at the member's own width: ``MLP.load_from_checkpoint(path)`` loads it, and it
+computes exactly what the member computed in the fit (its weights and BatchNorm statistics,
+cropped out of the stack; pruned weights stay zero).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from overparam_lit.models.stack import member_grid, parse_seeds, parse_widths
+from overparam_lit.utils import ConfigError, atomic_save, check
+
+MEMBER_KEYS = ("seeds", "widths")
+
+
+def _load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    check(path.is_file(), "checkpoint not found (or not a file)", str(path),
+          "Give a checkpoint of a members fit, e.g. runs/<run>/checkpoints/last.ckpt.")
+    try:
+        # Lightning checkpoints hold plain Python objects (hyperparameters, loop state)
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
+        raise ConfigError(f"cannot read checkpoint {str(path)!r} ({type(err).__name__}: {err}). "
+                          "Give an intact .ckpt written by overparam-lit fit.") from None
+    check(isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt,
+          "the file is not a Lightning checkpoint of an overparam-lit model", str(path),
+          "Give a .ckpt from a run folder's checkpoints/.")
+    return ckpt
+
+
+def _class(path: str) -> type[L.LightningModule]:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
+    """Write member ``member`` of a members checkpoint as a single-model checkpoint ``out``.
+
+    Returns the path written. The checkpoint's ``member`` entry records the member's index, seed
+    and width and the source checkpoint.
+    """
+    ckpt = _load(ckpt_path)
+    hp = dict(ckpt["hyper_parameters"])
+    check(hp.get("seeds") is not None or hp.get("widths") is not None,
+          "the checkpoint is a single model, not a members fit", str(ckpt_path),
+          "It already loads into its class; export is for fits with --model.seeds or --model.widths.")
+    check("_class_path" in hp, "the checkpoint does not name its model class (no _class_path)",
+          str(ckpt_path),
+          "Export checkpoints written by overparam-lit fit.")
+    members = member_grid(parse_seeds(hp["seeds"]) or [0], parse_widths(hp["widths"]) or [hp["width"]])
+    check(isinstance(member, int) and 0 <= member < len(members), "member index out of range", member,
+          f"The fit has {len(members)} members: use 0..{len(members) - 1} (members.csv lists them).")
+    m = members[member]
+    single_hp = {k: v for k, v in hp.items() if k not in MEMBER_KEYS}
+    single_hp["width"] = m.width
+    cls = _class(hp["_class_path"])
+    init = {k: v for k, v in single_hp.items() if not k.startswith("_")}
+    single = cls(**init)
+    shapes = {f"net.{n}": tuple(t.shape) for n, t in
+              {**dict(single.net.named_parameters()), **dict(single.net.named_buffers())}.items()}
+    state = {}
+    for key, shape in shapes.items():
+        check(key in ckpt["state_dict"], "the checkpoint lacks a tensor of the member's network", key,
+              "Export from a checkpoint of the same model class.")
+        t = ckpt["state_dict"][key][member]
+        state[key] = t[tuple(slice(0, s) for s in shape)].clone()
+    out = Path(out)
+    check(not out.is_dir(), "the output path is a folder", str(out), "Give a file name, e.g. member3.ckpt.")
+    atomic_save({
+        "state_dict": state,
+        "hyper_parameters": single_hp,
+        "hparams_name": "kwargs",
+        "pytorch-lightning_version": ckpt.get("pytorch-lightning_version", L.__version__),
+        "epoch": ckpt.get("epoch", 0),
+        "global_step": ckpt.get("global_step", 0),
+        "member": {"index": m.index, "seed": m.seed, "width": m.width, "source": str(ckpt_path)},
+    }, out)
+    return out
+
+
+def main(argv: list[str]) -> None:
+    """``overparam-lit export CKPT --member I --out FILE``."""
+    parser = argparse.ArgumentParser(
+        prog="overparam-lit export",
+        description="Write one member of a members fit (--model.seeds / --model.widths) as a "
+                    "standalone checkpoint of its model class, at its own width.",
+        epilog="Example: overparam-lit export runs/x/checkpoints/last.ckpt --member 3 --out member3.ckpt; "
+               "then MLP.load_from_checkpoint('member3.ckpt') in Python, or "
+               "overparam-lit test --model MLP --ckpt_path member3.ckpt ...",
+    )
+    parser.add_argument("ckpt", help="checkpoint of a members fit")
+    parser.add_argument("--member", type=int, required=True, help="member index (see members.csv)")
+    parser.add_argument("--out", required=True, help="file to write")
+    args = parser.parse_args(argv)
+    path = export_member(args.ckpt, args.member, args.out)
+    print(f"wrote {path}")
