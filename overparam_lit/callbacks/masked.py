@@ -55,6 +55,8 @@ def evaluate_members(trainer: L.Trainer, pl_module: L.LightningModule, split: st
     totals: Tensor | None = None  # (M, 3): loss sum, correct, count
     for batch in loader_fn():
         x, y_true = batch[0].to(device), batch[-1].to(device)
+        if x.is_floating_point():
+            x = x.to(pl_module.dtype)  # the precision the fit runs in (the loop's batches are cast)
         out = pl_module(x)
         stacked = getattr(pl_module, "members", None) is not None
         if hasattr(pl_module, "member_losses"):

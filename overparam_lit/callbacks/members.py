@@ -49,11 +49,19 @@ class MembersTable(L.Callback):
         return "MembersTable"
 
     @override
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # after the training state is restored: a resumed fit keeps the rows up to its step
+        if trainer.global_rank == 0:
+            path = Path(trainer.default_root_dir) / "members.csv"
+            self._table = CsvTable(path, member_columns(pl_module.task))
+            self._table.resume(trainer.global_step if trainer.ckpt_path else None)
+
+    @override
+    def on_test_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.global_rank == 0 and self._table is None:
             path = Path(trainer.default_root_dir) / "members.csv"
             self._table = CsvTable(path, member_columns(pl_module.task))
-            self._table.resume(trainer.ckpt_path)
+            self._table.resume(trainer.global_step if path.is_file() else None)
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule,
                metrics: dict[str, torch.Tensor]) -> None:
@@ -107,13 +115,12 @@ class CsvTable:
         self.path, self.columns = Path(path), list(columns)
         self.rows: list[dict[str, Any]] = []
 
-    def resume(self, ckpt_path: str | None) -> None:
-        """Keep the rows up to the checkpoint's step (all rows are dropped on a fresh fit)."""
-        if ckpt_path is None or not self.path.is_file():
+    def resume(self, step: int | None) -> None:
+        """Keep the rows up to ``step`` (a resumed checkpoint's); ``None`` starts a new file."""
+        if step is None or not self.path.is_file():
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._rewrite([])
             return
-        step = int(torch.load(ckpt_path, map_location="cpu", weights_only=False)["global_step"])
         with open(self.path, newline="") as fh:
             kept = [r for r in csv.DictReader(fh) if r.get("step") and int(r["step"]) <= step]
         self._rewrite(kept)

@@ -87,6 +87,8 @@ class HessianOperator:
             the chunk, per chunk) and reuse it across products; ``None`` caches when the probe
             set is a single chunk.
         distributed: all-reduce over ``torch.distributed`` ranks when it is initialised.
+        buffers: the buffers to use (default: the model's own); a probe under DDP passes rank 0's
+            BatchNorm statistics here so that every rank differentiates the same network.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class HessianOperator:
         dtype: torch.dtype = torch.float32,
         cache: bool | None = None,
         distributed: bool = True,
+        buffers: Mapping[str, Tensor] | None = None,
     ) -> None:
         check(method in ("auto", "jvp", "double_backward"), "unknown HVP method", method,
               "Use 'auto', 'jvp' (forward-over-reverse) or 'double_backward'.")
@@ -158,8 +161,9 @@ class HessianOperator:
         self._active = {n: named[n].detach().to(dtype) for n in active}
         self._frozen = {n: p.detach().to(dtype) if p.is_floating_point() else p.detach()
                         for n, p in named.items() if n not in active}
+        own = dict(model.named_buffers()) if buffers is None else dict(buffers)
         self._buffers = {n: b.detach().to(dtype) if b.is_floating_point() else b.detach()
-                         for n, b in model.named_buffers()}
+                         for n, b in own.items()}
         self.num_hvps = 0
         n_chunks = -(-n_local // self.chunk_size)
         self.cache = n_chunks <= 1 if cache is None else bool(cache)

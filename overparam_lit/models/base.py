@@ -192,8 +192,15 @@ class OverparamModule(L.LightningModule):
 
     def _meta_network(self, width: int) -> nn.Module:
         """The network at ``width`` on the ``meta`` device (shapes only; nothing is allocated)."""
-        with seeded(0), self._at_width(width), torch.device("meta"):
-            return self.build_network()
+        try:
+            with seeded(0), self._at_width(width), torch.device("meta"):
+                return self.build_network()
+        except RuntimeError as err:
+            if "overflow" not in str(err):
+                raise
+            raise ConfigError(
+                f"the model does not fit in memory: at width {width} a tensor would have more entries "
+                f"than can be addressed ({str(err).splitlines()[0][:120]}). Use a smaller width.") from None
 
     def _build_net(self) -> nn.Module:
         if self.members is None:
@@ -443,6 +450,10 @@ class OverparamModule(L.LightningModule):
                      "model/width": float(sum(widths) / len(widths))},
                     step=self.trainer.global_step,
                 )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Checkpoints name their class, so ``overparam-lit export`` can rebuild a member."""
+        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Members write ``members.csv`` and a W&B table (:class:`MembersTable`)."""

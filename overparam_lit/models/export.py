@@ -54,16 +54,16 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
     check(hp.get("seeds") is not None or hp.get("widths") is not None,
           "the checkpoint is a single model, not a members fit", str(ckpt_path),
           "It already loads into its class; export is for fits with --model.seeds or --model.widths.")
-    check("_class_path" in hp, "the checkpoint does not name its model class (no _class_path)",
-          str(ckpt_path),
-          "Export checkpoints written by overparam-lit fit.")
+    class_path = hp.get("_class_path") or ckpt.get("model_class")
+    check(bool(class_path), "the checkpoint does not name its model class", str(ckpt_path),
+          "Export checkpoints written by overparam-lit fit (or by an OverparamModule).")
     members = member_grid(parse_seeds(hp["seeds"]) or [0], parse_widths(hp["widths"]) or [hp["width"]])
     check(isinstance(member, int) and 0 <= member < len(members), "member index out of range", member,
           f"The fit has {len(members)} members: use 0..{len(members) - 1} (members.csv lists them).")
     m = members[member]
     single_hp = {k: v for k, v in hp.items() if k not in MEMBER_KEYS}
     single_hp["width"] = m.width
-    cls = _class(hp["_class_path"])
+    cls = _class(class_path)
     init = {k: v for k, v in single_hp.items() if not k.startswith("_")}
     single = cls(**init)
     shapes = {f"net.{n}": tuple(t.shape) for n, t in

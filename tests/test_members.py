@@ -1,0 +1,284 @@
+"""Members: a stacked fit of seeds and widths equals the separate single fits it stands for."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger
+
+from overparam_lit.callbacks.imp import IterativeMagnitudePruning
+from overparam_lit.callbacks.regions import DecisionRegions
+from overparam_lit.data import MNIST1D
+from overparam_lit.models import CNN, MLP, LeNet300100, ResNet18
+from overparam_lit.models.export import export_member
+from overparam_lit.regions import PlaneBank, fragmentation, label_maps, load_label_maps
+from overparam_lit.utils import ConfigError
+
+HERE = Path(__file__).parent
+
+
+def _data(**kw) -> MNIST1D:
+    return MNIST1D(batch_size=50, train_subset=200, eval_batch_size=500, **kw)
+
+
+def _fit(model: L.LightningModule, root: Path, seed: int, steps: int | None = None, epochs: int = 2,
+         precision: str = "32-true", callbacks: list | None = None) -> L.Trainer:
+    L.seed_everything(seed, verbose=False)
+    trainer = L.Trainer(
+        default_root_dir=str(root), max_epochs=epochs, max_steps=steps or -1, accelerator="cpu",
+        devices=1, logger=CSVLogger(str(root), name="", version=""), enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        precision=precision, callbacks=callbacks or [], log_every_n_steps=1,
+    )
+    trainer.fit(model, _data())
+    return trainer
+
+
+def _build(cls, seed: int, **kw):
+    L.seed_everything(seed, verbose=False)
+    return cls(input_shape=(1, 40), **kw)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _last(rows: list[dict[str, str]], key: str, **match) -> float:
+    vals = [float(r[key]) for r in rows if r.get(key) and all(str(r[k]) == str(v) for k, v in match.items())]
+    return vals[-1]
+
+
+def _crop(stacked: torch.Tensor, i: int, shape: torch.Size) -> torch.Tensor:
+    return stacked[i][tuple(slice(0, s) for s in shape)]
+
+
+def _compare(stack, single, i: int, tol: float) -> float:
+    mine = dict(single.named_parameters()) | dict(single.named_buffers())
+    err = 0.0
+    for name, t in list(stack.named_parameters()) + list(stack.named_buffers()):
+        if name in mine and name.startswith("net."):
+            err = max(err, float((_crop(t.detach(), i, mine[name].shape).double()
+                                  - mine[name].detach().double()).abs().max()))
+    assert err <= tol, err
+    return err
+
+
+CASES = [
+    (MLP, {"width": 16}, "32-true", None),
+    (CNN, {"width": 3}, "32-true", torch.optim.SGD),  # Adam: see test_cnn_adam_float64
+    (ResNet18, {"width": 2}, "32-true", None),
+]
+
+
+@pytest.mark.parametrize(("cls", "kw", "precision", "opt"), CASES, ids=["mlp", "cnn_bn", "resnet18"])
+def test_seed_members_equal_single_fits(tmp_path, cls, kw, precision, opt):
+    extra = {} if opt is None else {"optimizer": lambda p: opt(p, lr=0.05, momentum=0.9)}
+    stack = _build(cls, 5, seeds=[0, 2], **kw, **extra)
+    _fit(stack, tmp_path / "stack", seed=5, precision=precision)
+    members = _rows(tmp_path / "stack" / "members.csv")
+    assert {r["seed"] for r in members} == {"0", "2"} and len(members) == 4  # 2 members x 2 epochs
+    for i, seed in enumerate([0, 2]):
+        single = _build(cls, seed, **kw, **extra)
+        _fit(single, tmp_path / f"single{seed}", seed=seed, precision=precision)
+        _compare(stack, single, i, 1e-5)
+        logged = _rows(tmp_path / f"single{seed}" / "metrics.csv")
+        for key in ("train/loss", "val/loss", "val/acc", "train/acc"):
+            assert _last(members, key, member=i) == pytest.approx(_last(logged, key), abs=1e-5), key
+
+
+def test_cnn_adam_float64(tmp_path):
+    """Adam turns float32 noise in gradients that are exactly zero (conv biases before BatchNorm)
+    into steps of size lr, so BatchNorm nets with Adam are compared in float64."""
+    stack = _build(CNN, 0, width=2, seeds=2)
+    _fit(stack, tmp_path / "s", seed=0, precision="64-true", epochs=3)
+    single = _build(CNN, 1, width=2)
+    _fit(single, tmp_path / "1", seed=1, precision="64-true", epochs=3)
+    _compare(stack, single, 1, 1e-9)
+
+
+@pytest.mark.parametrize("cls", [MLP, CNN], ids=["mlp", "cnn_bn"])
+def test_width_members_equal_standalone_fits(tmp_path, cls):
+    widths = [2, 3, 5] if cls is CNN else [4, 8, 16]
+    stack = _build(cls, 3, widths=widths, seeds=[3])
+    assert stack.width == max(widths) and [r["width"] for r in stack.member_rows()] == widths
+    _fit(stack, tmp_path / "stack", seed=3, precision="64-true", epochs=3)
+    members = _rows(tmp_path / "stack" / "members.csv")
+    for i, k in enumerate(widths):
+        single = _build(cls, 3, width=k)
+        assert stack.member_num_params[i] == single.num_params
+        _fit(single, tmp_path / f"w{k}", seed=3, precision="64-true", epochs=3)
+        _compare(stack, single, i, 1e-9)
+        # the padding stays exactly zero
+        for name, mask in stack.net.structure.items():
+            assert not dict(stack.net.named_parameters())[name][i][~mask[i]].any()
+        logged = _rows(tmp_path / f"w{k}" / "metrics.csv")
+        assert _last(members, "val/acc", member=i) == pytest.approx(_last(logged, "val/acc"), abs=1e-6)
+
+
+def test_imp_masks_per_member_equal_single_imp(tmp_path):
+    def imp():
+        return IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=1, output_fraction=0.2)
+
+    stack = _build(MLP, 0, width=16, seeds=[0, 1])
+    _fit(stack, tmp_path / "stack", seed=0, callbacks=[imp()], epochs=1)
+    masks = torch.load(tmp_path / "stack/imp/level_02/mask.pt", weights_only=True)
+    import json
+
+    summary = json.loads((tmp_path / "stack/imp/summary.json").read_text())
+    assert [len(lv["members"]) for lv in summary["levels"]] == [2, 2, 2]
+    for i in range(2):
+        single = _build(MLP, i, width=16)
+        _fit(single, tmp_path / f"s{i}", seed=i, callbacks=[imp()], epochs=1)
+        own = torch.load(tmp_path / f"s{i}/imp/level_02/mask.pt", weights_only=True)
+        for name, m in own.items():
+            assert torch.equal(masks[name][i], m), name
+        single_summary = json.loads((tmp_path / f"s{i}/imp/summary.json").read_text())
+        for lv, lv1 in zip(summary["levels"], single_summary["levels"], strict=True):
+            assert lv["members"][i]["density"] == pytest.approx(lv1["density"])
+            assert lv["members"][i]["val/acc"] == pytest.approx(lv1["val/acc"], abs=1e-6)
+
+
+def test_imp_on_padded_widths_counts_own_entries(tmp_path):
+    stack = _build(MLP, 0, widths=[4, 16], seeds=[0])
+    cb = IterativeMagnitudePruning(levels=1, fraction=0.5, epochs_per_level=1, scope="layerwise")
+    _fit(stack, tmp_path, seed=0, callbacks=[cb], epochs=1, precision="64-true")
+    masks = torch.load(tmp_path / "imp/level_01/mask.pt", weights_only=True)
+    struct = stack.net.structure
+    for name, m in masks.items():
+        own = struct[name[len("net."):]] if name[len("net."):] in struct else torch.ones_like(m)
+        assert not (m & ~own).any()  # never keeps padding
+        for i in range(2):
+            assert int(m[i].sum()) == round(int(own[i].sum()) * 0.5)
+
+
+def test_member_fragmentation_equals_single_snapshots(tmp_path):
+    cb = DecisionRegions(num_planes=2, resolution=12, epochs=[1], render_planes=0)
+    stack = _build(MLP, 0, width=16, seeds=[0, 1])
+    _fit(stack, tmp_path / "stack", seed=0, callbacks=[cb], epochs=1)
+    bank = PlaneBank.load(tmp_path / "stack/regions/bank.pt")
+    saved = load_label_maps(str(tmp_path / "stack/regions/maps_epoch0001.npz"))
+    assert saved.pred.shape == (2, 2, 12, 12)
+    import json
+
+    hist = json.loads((tmp_path / "stack/regions/history.json").read_text())["snapshots"][-1]
+    for i in range(2):
+        single = _build(MLP, i, width=16)
+        _fit(single, tmp_path / f"s{i}", seed=i, epochs=1)
+        own = label_maps(single, bank)
+        assert (own.pred == saved.pred[i]).all()
+        assert hist["members"][i]["regions/fragmentation"] == pytest.approx(
+            fragmentation(own.pred, 10).mean_normalised)
+
+
+def test_export_round_trip(tmp_path):
+    stack = _build(CNN, 0, widths=[2, 3], seeds=[0, 1])
+    trainer = _fit(stack, tmp_path, seed=0, epochs=1)
+    ckpt = tmp_path / "stack.ckpt"
+    trainer.save_checkpoint(ckpt)
+    members = _rows(tmp_path / "members.csv")
+    dm = _data()
+    dm.setup()
+    x, _, y = dm.splits["val"]
+    stack.eval()
+    with torch.no_grad():
+        outs = stack(x)
+    for i in range(4):
+        path = export_member(ckpt, i, tmp_path / f"m{i}.ckpt")
+        single = CNN.load_from_checkpoint(path)
+        assert single.members is None and single.width == stack.members[i].width
+        single.eval()
+        with torch.no_grad():
+            out = single(x)
+        torch.testing.assert_close(out, outs[i], rtol=1e-5, atol=1e-5)
+        acc = float((out.argmax(1) == y).float().mean())
+        assert acc == pytest.approx(_last(members, "val/acc", member=i), abs=1e-6)
+    with pytest.raises(ConfigError, match="out of range"):
+        export_member(ckpt, 4, tmp_path / "x.ckpt")
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path):
+    """A stacked fit killed with SIGKILL after its second checkpoint resumes to the same weights."""
+    script = HERE / "members_kill.py"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run([sys.executable, str(script), str(tmp_path / "whole"), "4"], env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    killed = subprocess.run([sys.executable, str(script), str(tmp_path / "part"), "4", "--kill-after", "2"],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "part"), "4", "--resume"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a = torch.load(tmp_path / "whole/final.pt", weights_only=True)
+    b = torch.load(tmp_path / "part/final.pt", weights_only=True)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    rows_a, rows_b = _rows(tmp_path / "whole/members.csv"), _rows(tmp_path / "part/members.csv")
+    assert [(r["member"], r["epoch"]) for r in rows_b] == [(r["member"], r["epoch"]) for r in rows_a]
+    assert [r["val/acc"] for r in rows_b] == [r["val/acc"] for r in rows_a]
+
+
+@pytest.mark.ddp
+def test_members_under_two_process_ddp(tmp_path):
+    res = subprocess.run([sys.executable, str(HERE / "ddp" / "members_ddp.py"), str(tmp_path)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)  # ranks hold one stack
+    members = _rows(tmp_path / "members.csv")
+    assert len(members) == 2 * 2  # written once (rank 0), 2 members x 2 epochs
+    dm = MNIST1D(batch_size=50, train_subset=200)
+    dm.setup()
+    x, _, y = dm.splits["val"]
+    for i in range(2):
+        single = MLP.load_from_checkpoint(export_member(tmp_path / "last.ckpt", i, tmp_path / f"m{i}.ckpt"))
+        single.eval()
+        with torch.no_grad():
+            acc = float((single(x).argmax(1) == y).float().mean())
+        assert acc == pytest.approx(_last(members, "val/acc", member=i), abs=1e-6)
+
+
+@pytest.mark.parametrize(("kw", "match"), [
+    ({"seeds": 0}, "positive number of seeds"),
+    ({"seeds": [1, 1]}, "repeats seeds"),
+    ({"seeds": []}, "empty list"),
+    ({"seeds": [-1]}, "non-negative"),
+    ({"widths": [4, 0]}, "positive integer"),
+    ({"widths": []}, "empty list"),
+    ({"widths": [8, 8]}, "repeats widths"),
+    ({"width": 100_000, "depth": 3, "seeds": 64}, "does not fit in memory"),
+    ({"width": 10**12}, "does not fit in memory"),
+])
+def test_bad_members_refused(kw, match):
+    with pytest.raises(ConfigError, match=match):
+        MLP(input_shape=(1, 40), **kw)
+
+
+def test_lenet_widths_below_three_refused():
+    with pytest.raises(ConfigError, match=">= 3"):
+        LeNet300100(input_shape=(1, 28, 28), widths=[2, 300])
+
+
+def test_padding_that_changes_the_function_is_refused():
+    from torch import nn
+
+    from overparam_lit.models import OverparamModule
+
+    class Normed(OverparamModule):
+        def build_network(self):
+            return nn.Sequential(nn.Flatten(), nn.Linear(40, self.width), nn.LayerNorm(self.width),
+                                 nn.Linear(self.width, self.num_classes))
+
+    Normed(input_shape=(1, 40), seeds=2, width=8)  # equal widths stack fine
+    with pytest.raises(ConfigError, match="does not reproduce its own network"):
+        Normed(input_shape=(1, 40), widths=[4, 8])
