@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
@@ -158,6 +159,31 @@ def test_imp_on_padded_widths_counts_own_entries(tmp_path):
         assert not (m & ~own).any()  # never keeps padding
         for i in range(2):
             assert int(m[i].sum()) == round(int(own[i].sum()) * 0.5)
+
+
+@pytest.mark.parametrize("layout", ["seeds", "widths"])
+def test_member_hessian_spectra_equal_single_probes(tmp_path, layout):
+    """One block-diagonal product per Lanczos step gives each member its own spectrum."""
+    from overparam_lit.callbacks.hessian import HessianProbe
+
+    def probe():
+        return HessianProbe(schedule="epochs", every=1, probe_at_start=False, probe_size=100, k=3,
+                            lanczos_iters=80, tol=1e-7, slq_runs=2, slq_iters=20, save_figure=False)
+
+    kw = {"seeds": [0, 1], "width": 6} if layout == "seeds" else {"seeds": [2], "widths": [3, 6]}
+    stack = _build(MLP, 2, **kw)
+    _fit(stack, tmp_path / "stack", seed=2, callbacks=[probe()], epochs=1)
+    got = dict(np.load(next((tmp_path / "stack/hessian").glob("probe_step*.npz"))))
+    assert got["top"].shape == (2, 3)
+    assert got["member_width"].tolist() == [r["width"] for r in stack.member_rows()]
+    for i, row in enumerate(stack.member_rows()):
+        single = _build(MLP, row["seed"], width=row["width"])
+        _fit(single, tmp_path / f"s{i}", seed=row["seed"], callbacks=[probe()], epochs=1)
+        own = dict(np.load(next((tmp_path / f"s{i}/hessian").glob("probe_step*.npz"))))
+        assert int(got["dim"][i]) == int(own["dim"]) == single.num_params
+        np.testing.assert_allclose(got["top"][i], own["top"], rtol=1e-4)
+        np.testing.assert_allclose(got["bottom"][i], own["bottom"], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(got["trace"][i], own["trace"], rtol=1e-4)
 
 
 def test_member_fragmentation_equals_single_snapshots(tmp_path):
