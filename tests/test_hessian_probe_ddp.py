@@ -12,7 +12,7 @@ from torch import nn
 
 from overparam_lit.curvature import HessianOperator, lanczos
 from overparam_lit.data import MNIST1D
-from overparam_lit.models import MLP
+from overparam_lit.models import CNN, MLP
 
 SCRIPT = Path(__file__).parent / "ddp" / "hessian_ddp.py"
 
@@ -34,5 +34,25 @@ def test_ddp_lambda_max_equals_single_process(tmp_path):
     op = HessianOperator(model.net.eval(), nn.functional.cross_entropy, x, y, distributed=False)
     single = lanczos(op, op.dim, k=3, max_iters=60, tol=1e-6,
                      generator=torch.Generator().manual_seed(0))
+    ddp = r0["history"][-1]["hessian/lambda_max"]
+    assert abs(ddp - single.top[0]) <= 1e-5 * abs(single.top[0])
+
+
+@pytest.mark.ddp
+def test_ddp_probe_uses_rank0_batchnorm_statistics(tmp_path):
+    """A step-scheduled probe runs before validation could re-sync BatchNorm buffers: every rank
+    must differentiate rank 0's network, the one a checkpoint holds."""
+    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "cnn"], capture_output=True,
+                         text=True, timeout=240, cwd=Path(__file__).parents[1])
+    assert run.returncode == 0, run.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    stats = [k for k in r0["net"] if k.endswith("running_mean")]
+    assert any(not torch.equal(r0["net"][k], r1["net"][k]) for k in stats)  # ranks' statistics differ
+    assert r0["history"][-1]["hessian/lambda_max"] == r1["history"][-1]["hessian/lambda_max"]
+    model = CNN(width=2)
+    model.net.load_state_dict(r0["net"])
+    x, y, _ = MNIST1D(num_samples=400, batch_size=25, train_subset=200).probe_set(101, "train", 0)
+    op = HessianOperator(model.net.eval(), nn.functional.cross_entropy, x, y, distributed=False)
+    single = lanczos(op, op.dim, k=3, max_iters=60, tol=1e-6, generator=torch.Generator().manual_seed(0))
     ddp = r0["history"][-1]["hessian/lambda_max"]
     assert abs(ddp - single.top[0]) <= 1e-5 * abs(single.top[0])

@@ -1,5 +1,6 @@
-"""Two CPU processes (gloo) train a small MLP with a HessianProbe; each rank saves its probe
-history and the final weights to argv[1] (used by tests/test_hessian_probe_ddp.py)."""
+"""Two CPU processes (gloo) train a small MLP (argv[2] == "mlp") or BatchNorm CNN ("cnn") with a
+HessianProbe; each rank saves its probe history and its final state (parameters and BatchNorm
+statistics) to argv[1] (used by tests/test_hessian_probe_ddp.py)."""
 
 import sys
 from pathlib import Path
@@ -9,12 +10,13 @@ from lightning import Trainer
 
 from overparam_lit.callbacks.hessian import HessianProbe
 from overparam_lit.data import MNIST1D
-from overparam_lit.models import MLP
+from overparam_lit.models import CNN, MLP
 
 if __name__ == "__main__":
     out = Path(sys.argv[1])
     torch.manual_seed(0)
-    model = MLP(width=12, depth=1, activation="tanh")
+    cnn = len(sys.argv) > 2 and sys.argv[2] == "cnn"
+    model = CNN(width=2) if cnn else MLP(width=12, depth=1, activation="tanh")
     probe = HessianProbe(schedule="steps", every=4, probe_size=101, k=3, lanczos_iters=60,
                          tol=1e-6, slq_runs=2, slq_iters=10, save_figure=False)
     trainer = Trainer(
