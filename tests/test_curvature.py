@@ -115,6 +115,9 @@ def test_lanczos_float32_lambda_max(case):
         net.double()
     assert abs(res.top[0] - ev[-1]) <= 1e-4 * abs(ev[-1])
     assert abs(res.bottom[0] - ev[0]) <= 1e-4 * abs(ev[0])
+    # the float32 operator's measured noise keeps the bounds honest: the sign is proven
+    assert res.sign_resolved and res.lambda_min_lower <= ev[0] <= res.lambda_min_bound < 0
+    assert res.noise <= 1e-4 * abs(ev[-1])
 
 
 def test_slq_negative_fraction_and_trace(case):
@@ -150,8 +153,12 @@ def test_spectrum_summary_through_the_operator():
     assert s.lambda_max == pytest.approx(ev[-1], rel=1e-6)
     assert s.lambda_min == pytest.approx(ev[0], rel=1e-6)
     assert s.num_hvps == op.num_hvps == s.lanczos.num_matvecs + 3 * 20
+    assert s.lambda_min_resolved and s.lambda_min_converged and s.lambda_max_converged
+    assert s.lambda_min_lower <= ev[0] <= s.lambda_min_bound < 0
+    assert s.num_hvps_top <= s.num_hvps_bottom == s.lanczos.num_matvecs and s.num_hvps_slq == 60
     keys = s.scalars()
-    assert {"hessian/lambda_max", "hessian/top_k/4", "hessian/num_hvps"} <= set(keys)
+    assert {"hessian/lambda_max", "hessian/top_k/4", "hessian/num_hvps", "hessian/lambda_min_bound",
+            "hessian/lambda_min_resolved", "hessian/num_hvps_bottom"} <= set(keys)
 
 
 def test_masked_and_per_layer_subsets_are_exact_sub_blocks():

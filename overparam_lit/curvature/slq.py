@@ -12,12 +12,14 @@ The same runs give Hutchinson samples of the trace for free: ``dim * alpha_1 = z
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import Tensor
 
-from overparam_lit.curvature.lanczos import MatVec, lanczos, rademacher
+from overparam_lit.curvature.lanczos import BatchedMatVec, MatVec, lanczos_batched, rademacher, scatter_rows
 from overparam_lit.utils import check
 
 
@@ -74,6 +76,47 @@ class SLQResult:
         return float(self.trace_samples.std(ddof=1) / np.sqrt(n)) if n > 1 else 0.0
 
 
+def slq_batched(
+    matvec: BatchedMatVec,
+    mask: Tensor,
+    num_runs: int = 10,
+    num_iters: int = 80,
+    generators: Sequence[torch.Generator] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> list[SLQResult]:
+    """:func:`slq` for ``M`` members through one block-diagonal product per step.
+
+    ``matvec`` and ``mask`` are as in :func:`~overparam_lit.curvature.lanczos_batched`. Run ``r``
+    of member ``i`` starts from ``rademacher(d_i, generators[i])`` scattered into its active
+    coordinates (row-major), so member ``i``'s result equals :func:`slq` on its restricted operator
+    with that generator; the generators continue from wherever they are (for example after the
+    Lanczos start of :func:`~overparam_lit.curvature.hessian_spectrum_batched`).
+    """
+    check(num_runs >= 1, "SLQ needs at least one run", num_runs, "Set num_runs >= 1.")
+    check(num_iters >= 1, "SLQ needs at least one Lanczos step", num_iters, "Set num_iters >= 1.")
+    dims = [int(d) for d in mask.sum(dim=1).tolist()]
+    check(generators is None or len(generators) == len(dims), "one generator per member needed",
+          None if generators is None else len(generators), f"Pass {len(dims)} generators.")
+    gens = list(generators) if generators is not None else \
+        [torch.Generator().manual_seed(0) for _ in dims]
+    widths = [min(num_iters, d) for d in dims]
+    nodes = [np.zeros((num_runs, m)) for m in widths]
+    weights = [np.zeros((num_runs, m)) for m in widths]
+    traces = [np.zeros(num_runs) for _ in dims]
+    spent = [0 for _ in dims]
+    for r in range(num_runs):
+        z = scatter_rows(mask, lambda i, d: rademacher(d, gens[i], dtype=dtype), dtype, device)
+        runs = lanczos_batched(matvec, mask, k=1, max_iters=num_iters, tol=0.0, starts=z,
+                               dtype=dtype, device=device)
+        for i, res in enumerate(runs):
+            n = res.ritz_values.size
+            nodes[i][r, :n], weights[i][r, :n] = res.ritz_values, res.ritz_weights
+            traces[i][r] = dims[i] * res.alpha[0]
+            spent[i] += res.num_matvecs
+    return [SLQResult(nodes[i], weights[i], traces[i], dims[i], spent[i]) for i in range(len(dims))]
+
+
 def slq(
     matvec: MatVec,
     dim: int,
@@ -83,20 +126,8 @@ def slq(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
 ) -> SLQResult:
-    """Run ``num_runs`` Lanczos runs of ``num_iters`` products from Rademacher starts."""
-    check(num_runs >= 1, "SLQ needs at least one run", num_runs, "Set num_runs >= 1.")
-    check(num_iters >= 1, "SLQ needs at least one Lanczos step", num_iters, "Set num_iters >= 1.")
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    m = min(num_iters, dim)
-    nodes = np.zeros((num_runs, m))
-    weights = np.zeros((num_runs, m))
-    traces = np.zeros(num_runs)
-    spent = 0
-    for r in range(num_runs):
-        z = rademacher(dim, gen, dtype=dtype, device=device)
-        res = lanczos(matvec, dim, k=1, max_iters=m, tol=0.0, start=z, dtype=dtype, device=device)
-        n = res.ritz_values.size
-        nodes[r, :n], weights[r, :n] = res.ritz_values, res.ritz_weights
-        traces[r] = dim * res.alpha[0]
-        spent += res.num_matvecs
-    return SLQResult(nodes, weights, traces, dim, spent)
+    """Run ``num_runs`` Lanczos runs of ``num_iters`` products from Rademacher starts
+    (the one-member case of :func:`slq_batched`)."""
+    check(dim >= 1, "SLQ needs a space of dimension >= 1", dim, "Check the parameter subset.")
+    return slq_batched(lambda x: matvec(x[0]).reshape(1, -1), torch.ones(1, dim, dtype=torch.bool),
+                       num_runs, num_iters, None if generator is None else [generator], dtype, device)[0]
