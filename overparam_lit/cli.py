@@ -1,33 +1,93 @@
-"""``overparam-lit``: a LightningCLI that links data to model, names run folders and sets up logging.
+"""``overparam-lit``: a LightningCLI that links data to model, guards run folders and sets up logging.
 
 Usage: ``overparam-lit fit -c configs/quickstart.yaml [-c callbacks/hessian.yaml] [--key value]``.
+
+Before a fit touches its run folder, every check runs: the config (trainer devices and
+accelerator, epochs, seed, learning rate), the checkpoint given with ``--ckpt_path`` (readable,
+built for the same model, with the study callbacks whose state it holds) and the folder itself
+(writable, not in use by another fit, holding no earlier run unless this fit resumes it or
+``--overwrite true`` clears it). Bad input ends in one paragraph and exit code 2.
 """
 
 from __future__ import annotations
 
+import logging
 import os
-import shutil
+import re
 import sys
 import time
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from lightning.pytorch import Callback, LightningModule, Trainer
+import torch
+from jsonargparse import Namespace
+from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.plugins.io import CheckpointIO
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
+import overparam_lit.callbacks  # noqa: F401  (registers study callbacks for short names)
 import overparam_lit.data  # noqa: F401  (registers data modules for short names)
 import overparam_lit.models  # noqa: F401  (registers width families for short names)
+from overparam_lit.checkpointing import AtomicCheckpointIO, EpochBoundary, RunCheckpoint
+from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.data.base import ArrayDataModule
-from overparam_lit.loggers import AppendingCSVLogger
+from overparam_lit.loggers import MetricsCSVCheckpoint, RunCSVLogger, RunWandbLogger, flatten_config
 from overparam_lit.models.base import OverparamModule
-from overparam_lit.utils import ConfigError, atomic_write_text
+from overparam_lit.runfolder import RunFolder, RunLock, read_checkpoint
+from overparam_lit.utils import ConfigError, check
 
 RUN_DIR_ENV = "OVERPARAM_LIT_RUN_DIR"
+"""The default run folder chosen by the launching process; DDP child processes inherit it."""
+
+FRAGMENTS = Path(__file__).resolve().parent / "fragments"
+"""Packaged copies of the repository's ``callbacks/*.yaml`` and ``configs/*.yaml`` (links to them
+in a source checkout), used when ``-c callbacks/imp.yaml`` is not found from the working folder."""
+
+MODEL_CHANGING_CALLBACKS = ("IterativeMagnitudePruning", "TicketStart")
+"""Callbacks whose checkpoint state changes the model (masks): resuming without them is refused."""
 
 
+# ---- extra subcommands ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Command:
+    """An ``overparam-lit`` subcommand that is not a Trainer method.
+
+    Args:
+        name: the word after ``overparam-lit``.
+        run: called with the remaining arguments; returns the exit code (``None`` is 0).
+        help: one line for ``overparam-lit --help``.
+    """
+
+    name: str
+    run: Callable[[list[str]], int | None]
+    help: str = ""
+
+
+COMMANDS: dict[str, Command] = {}
+"""Registered extra subcommands (``export``, ``sweep``, ``plot``, ``report``, ...), checked by
+:func:`main` before LightningCLI parses anything."""
+
+
+def register_command(name: str, run: Callable[[list[str]], int | None], help: str = "") -> Command:
+    """Add ``overparam-lit NAME ...``: ``run(argv)`` gets the arguments after ``NAME``.
+
+    The Lightning subcommands (``fit``, ``validate``, ``test``, ``predict``) cannot be replaced.
+    """
+    check(name not in LightningCLI.subcommands(), "a command name is taken by a Lightning subcommand", name,
+          "Choose another name.")
+    check(bool(re.fullmatch(r"[a-z][a-z0-9_-]*", name)), "a command name must be one lower-case word", name,
+          "Use e.g. 'export'.")
+    COMMANDS[name] = Command(name, run, help)
+    return COMMANDS[name]
+
+
+# ---- W&B options -------------------------------------------------------------------------------
 @dataclass
 class WandbOptions:
     """Weights & Biases settings.
@@ -39,8 +99,9 @@ class WandbOptions:
             A ``WANDB_MODE`` environment variable overrides ``auto``.
         project: W&B project.
         name: run name (default: the run folder's name).
-        group: run group, e.g. a sweep's name, so dashboards group its runs.
-        tags: run tags.
+        group: run group, e.g. a sweep's name, so dashboards group its runs (default: the sweep
+            folder of a sweep point ``OUT/points/<point>``).
+        tags: run tags (the model and data class names are always added).
     """
 
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
@@ -73,77 +134,339 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def make_loggers(root: Path, options: WandbOptions) -> list[Logger]:
-    """CSV logger writing ``root/metrics.csv`` (first, so the run folder is ``root``; a resumed
-    fit appends to it) and W&B."""
-    loggers: list[Logger] = [AppendingCSVLogger(save_dir=str(root), name="", version="")]
+def make_loggers(root: Path, options: WandbOptions, run_config: Mapping[str, Any] | None = None,
+                 job_type: str | None = None) -> list[Logger]:
+    """The CSV logger of ``root/metrics.csv`` (first, so the trainer's log folder is ``root``)
+    and, unless disabled, a W&B run whose config is ``run_config`` (flat dotted keys)."""
+    loggers: list[Logger] = [RunCSVLogger(root)]
     mode = resolve_wandb_mode(options.mode)
     if mode != "disabled":
         os.environ.setdefault("WANDB_SILENT", "true")
         if mode == "offline":
             os.environ["WANDB_MODE"] = "offline"
-        loggers.append(
-            WandbLogger(
-                save_dir=str(root),
-                project=options.project,
-                name=options.name or root.name,
-                group=options.group,
-                tags=list(options.tags) or None,
-                offline=mode == "offline",
-                log_model=False,
-            )
-        )
+        root = Path(root)
+        group = options.group
+        if group is None and root.parent.name == "points":  # a point of scripts/sweep.py
+            group = root.parent.parent.name or None
+        tags = list(options.tags)
+        for key in ("model.class_path", "data.class_path"):
+            if run_config and run_config.get(key):
+                tags.append(str(run_config[key]).rsplit(".", 1)[-1])
+        loggers.append(RunWandbLogger(  # an absolute folder: W&B's service process has its own cwd
+            run_config=run_config, save_dir=str(root.resolve()), project=options.project,
+            name=options.name or root.name, group=group, tags=list(dict.fromkeys(tags)) or None,
+            job_type=job_type, offline=mode == "offline", log_model=False,
+        ))
     return loggers
 
 
-class SaveRunConfig(SaveConfigCallback):
-    """Saves the whole config as ``config.yaml`` in the run folder; an older one from an earlier
-    fit in the same folder (a resume) is kept as ``config.yaml.<time>.bak``.
+# ---- parser -----------------------------------------------------------------------------------
+_ARGV: list[str] = []
 
-    Values the CLI links from the data module into the model are appended as comments (they
-    are recomputed when the file is used again with ``-c``).
+
+def _callbacks_hint(message: str) -> str:
+    keys = [a.split("=", 1)[0] for a in _ARGV if a.startswith("--trainer.callbacks.")
+            and not a.startswith("--trainer.callbacks.help")]
+    if not keys or "trainer.callbacks" not in message:
+        return ""
+    classes = [c for c in re.findall(r"class_path'?:?\s*'([\w.]+)'", message) if not c.endswith(".Callback")]
+    target = classes[0].rsplit(".", 1)[-1] if classes else "the last callback"
+    return (f"Note: {', '.join(dict.fromkeys(keys))} was applied to {target}: --trainer.callbacks.KEY "
+            "sets KEY on the callback added last before it (fragments and --trainer.callbacks+= append in "
+            "command-line order). Give the option right after the -c fragment of the callback it is meant "
+            "for.\n")
+
+
+class OverparamArgumentParser(LightningArgumentParser):
+    """``LightningArgumentParser`` whose errors print the message first, without the usage
+    (``--help`` shows it), and name the callback a ``--trainer.callbacks.KEY`` went to."""
+
+    def error(self, message: str, ex: Exception | None = None) -> Any:
+        if not getattr(self, "exit_on_error", True) or os.environ.get("JSONARGPARSE_DEBUG"):
+            return super().error(message, ex)
+        parser = getattr(ex, "subcommand_parser", None) or self
+        prog = parser.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {message.rstrip()}\n{_callbacks_hint(message)}"
+                         f"Run `{prog} --help` for every option.\n")
+        self.exit(2)
+
+
+# ---- config checks (before anything is instantiated or written) ---------------------------------
+def _as_dict(value: Any) -> Any:
+    if isinstance(value, Namespace):
+        return value.as_dict()
+    return value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def check_trainer_config(trainer: Mapping[str, Any]) -> None:
+    """Refuse trainer settings that Lightning or torch would refuse with a traceback."""
+    devices = trainer.get("devices", "auto")
+    bad = (isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1)) or (
+        isinstance(devices, str) and devices.strip() in ("0", "", "[]")) or (
+        isinstance(devices, (list, tuple)) and len(devices) == 0)
+    check(not bad, "trainer.devices must name at least one device", devices,
+          "Use --trainer.devices 1 (or N processes, or auto).")
+    accelerator = trainer.get("accelerator", "auto")
+    if isinstance(accelerator, str):
+        acc = accelerator.lower()
+        if acc in ("gpu", "cuda"):
+            check(torch.cuda.is_available(), "this machine has no usable CUDA GPU for trainer.accelerator",
+                  accelerator, "Use --trainer.accelerator cpu, or auto to use a GPU only where there is one.")
+            if isinstance(devices, int) and devices > 0:
+                n = torch.cuda.device_count()
+                check(devices <= n, f"trainer.devices asks for more GPUs than the {n} visible", devices,
+                      f"Use --trainer.devices {n} or fewer (or -1 for all).")
+        elif acc == "mps":
+            check(torch.backends.mps.is_available(), "this machine has no MPS device for trainer.accelerator",
+                  accelerator, "Use --trainer.accelerator cpu or auto.")
+        elif acc == "tpu":
+            import importlib.util
+
+            check(importlib.util.find_spec("torch_xla") is not None,
+                  "trainer.accelerator tpu needs torch_xla, which is not installed", accelerator,
+                  "Use --trainer.accelerator cpu or auto.")
+    for key, low, meaning in (("max_epochs", -1, "-1 trains without an epoch limit"),
+                              ("max_steps", -1, "-1 trains without a step limit"),
+                              ("min_epochs", 0, "0 or more"), ("min_steps", 0, "0 or more")):
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            check(value >= low, f"trainer.{key} must be >= {low}", value,
+                  f"Set --trainer.{key} to a count of {key.split('_')[1]} ({meaning}).")
+    for key in ("check_val_every_n_epoch", "log_every_n_steps", "accumulate_grad_batches"):
+        value = trainer.get(key)
+        if isinstance(value, int) and not isinstance(value, bool):
+            check(value >= 1, f"trainer.{key} must be >= 1", value, f"Set --trainer.{key} to 1 or more.")
+
+
+def check_seed(seed: Any) -> None:
+    """``seed_everything`` must be a bool or an integer numpy accepts."""
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        check(0 <= seed <= 2**32 - 1, "seed_everything must lie in [0, 2**32 - 1]", seed,
+              "Use a non-negative integer such as 0, or true for a random seed.")
+
+
+def check_optimizer_config(model: Mapping[str, Any]) -> None:
+    """Refuse a negative learning rate (or other negative optimizer sizes) in the config."""
+    args = (model.get("init_args") or {}) if isinstance(model, Mapping) else {}
+    for key in ("optimizer", "lr_scheduler"):
+        spec = args.get(key)
+        if not isinstance(spec, Mapping):
+            continue
+        for name, value in (spec.get("init_args") or {}).items():
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric and name in ("lr", "weight_decay", "momentum", "eps", "max_lr"):
+                what = "the learning rate" if name == "lr" else f"{key} argument {name}"
+                check(value >= 0, f"{what} must be >= 0", value,
+                      f"Set --model.init_args.{key}.init_args.{name} to a non-negative number, e.g. 0.001.")
+
+
+def check_checkpoint_matches(ckpt: Mapping[str, Any], model: Mapping[str, Any], ckpt_path: str) -> None:
+    """Refuse a checkpoint whose saved model hyperparameters differ from the model configured."""
+    hparams = dict(ckpt.get("hyper_parameters") or {})
+    if not hparams or not isinstance(model, Mapping):
+        return
+    diffs = []
+    saved_class, class_path = hparams.get("_class_path"), model.get("class_path")
+    if saved_class and class_path and saved_class != class_path:
+        diffs.append(f"model class: checkpoint {saved_class}, config {class_path}")
+    args = dict(model.get("init_args") or {})
+    for key, saved in hparams.items():
+        if key.startswith("_") or key not in args:
+            continue
+        if _plain(saved) != _plain(_as_dict(args[key])):
+            diffs.append(f"model.{key}: checkpoint {saved!r}, config {_plain(args[key])!r}")
+    check(not diffs, "--ckpt_path holds a different model than the one configured: " + "; ".join(diffs),
+          ckpt_path, "Resume with the settings the checkpoint was trained with (for example -c "
+          "<run>/config.yaml), or drop --ckpt_path to start a new fit with these settings.")
+
+
+def check_checkpoint_callbacks(ckpt: Mapping[str, Any], callbacks: Any, ckpt_path: str) -> None:
+    """Refuse resuming a checkpoint whose mask-holding study callback is not configured."""
+    saved = [str(k) for k in (ckpt.get("callbacks") or {})]
+    specs = callbacks if isinstance(callbacks, list) else ([callbacks] if callbacks else [])
+    configured = {str(_as_dict(c).get("class_path", "")).rsplit(".", 1)[-1] for c in specs
+                  if isinstance(_as_dict(c), Mapping)}
+    configured |= {type(c).__name__ for c in specs if isinstance(c, Callback)}
+    for name in MODEL_CHANGING_CALLBACKS:
+        if any(k == name or k.startswith(name + "{") for k in saved):
+            fragment = "imp" if name == "IterativeMagnitudePruning" else "ticket"
+            check(name in configured, f"--ckpt_path was written by a fit with {name}, which is not "
+                  "configured now: its masks would not be applied and pruned weights would come back",
+                  ckpt_path, f"Resume with the same callbacks (add -c callbacks/{fragment}.yaml, or -c "
+                  "<run>/config.yaml).")
+
+
+def resolve_last_checkpoint(root: str | Path | None) -> str:
+    """``--ckpt_path last``: the run folder's ``last.ckpt``, or its newest intact checkpoint when
+    ``last.ckpt`` is missing or damaged (said on the console)."""
+    check(bool(root), "--ckpt_path last needs the run folder to resume", root,
+          "Add --trainer.default_root_dir <run folder> (or -c <run>/config.yaml).")
+    folder = RunFolder(str(root))
+    found = folder.resume_checkpoint()
+    check(found is not None, "--ckpt_path last found no intact checkpoint in the run folder", str(root),
+          f"Check {folder.checkpoints}, or start the fit without --ckpt_path.")
+    assert found is not None
+    if found != folder.last_ckpt:
+        print(f"overparam-lit: {folder.last_ckpt} is missing or damaged; resuming from {found}",
+              file=sys.stderr)
+    return str(found)
+
+
+def check_run_folder(folder: RunFolder, ckpt_path: str | Path | None, overwrite: bool) -> bool:
+    """May a new fit use ``folder``? Returns True when it must clear an earlier run first
+    (``--overwrite``); raises :class:`ConfigError` when the folder holds a run that this fit
+    neither resumes (a ``--ckpt_path`` inside the folder) nor overwrites."""
+    if not folder.holds_run():
+        return False
+    resumes = bool(ckpt_path) and folder.owns(ckpt_path)
+    if overwrite:
+        check(not resumes, "--overwrite would delete the checkpoint this fit resumes from", str(ckpt_path),
+              "Drop --overwrite to resume the run, or drop --ckpt_path to start over.")
+        return True
+    if resumes:
+        return False
+    found = ", ".join(p.name + ("/" if p.is_dir() else "") for p in folder.existing_artifacts()[:6])
+    last = folder.resume_checkpoint()
+    resume = (f"resume it with --ckpt_path {last}, " if last is not None
+              else "give its checkpoint with --ckpt_path, ")
+    why = "--ckpt_path points outside this folder, so this would be a different fit; " if ckpt_path else ""
+    raise ConfigError(
+        f"the run folder already holds a run ({found}) (got {str(folder.root)!r}). {why}To continue that "
+        f"run, {resume}to start over there pass --overwrite true (deletes that run's artifacts), or leave "
+        "--trainer.default_root_dir unset for a fresh runs/<time>.")
+
+
+# ---- callbacks the CLI adds -----------------------------------------------------------------------
+class SaveRunConfig(SaveConfigCallback):
+    """Saves the whole config as ``config.yaml`` in the run folder (atomically, and only once
+    the fit was accepted). A fit that resumes the folder keeps the earlier config as
+    ``config.yaml.<time>.bak``. ``overwrite`` is saved as false, so rerunning the saved config
+    never clears a folder by surprise. Values the CLI links from the data module into the model
+    are appended as comments (they are recomputed when the file is used again with ``-c``).
     """
+
+    def __init__(self, *args: Any, keep_old: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.keep_old = keep_old
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
             return
         log_dir = trainer.log_dir  # every rank calls this: it broadcasts the folder
         if trainer.is_global_zero and log_dir is not None:
-            path = Path(log_dir) / self.config_filename
-            if path.exists():
-                shutil.move(path, path.with_name(f"{path.name}.{int(path.stat().st_mtime)}.bak"))
+            config = self.config.clone()
+            if "overwrite" in config:
+                config["overwrite"] = False
             # the config was checked when it was parsed; dumping it again unchecked is fast
-            text = self.parser.dump(self.config, skip_none=False, skip_check=True)
+            text = self.parser.dump(config, skip_none=False, skip_check=True)
             linked = {k: getattr(pl_module, k, None) for k in ("input_shape", "num_classes", "task")}
             text += "# linked from the data module at run time:\n" + "".join(
                 f"#   model.init_args.{k}: {list(v) if isinstance(v, tuple) else v}\n"
                 for k, v in linked.items()
             )
-            atomic_write_text(text, path)
+            folder = RunFolder(log_dir)
+            if self.config_filename == RunFolder.CONFIG:
+                folder.write_config(text, keep_old=self.keep_old)
+            else:
+                from overparam_lit.utils import atomic_write_text
+
+                atomic_write_text(text, folder.root / self.config_filename)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
 
 
 class DefineWandbAxes(Callback):
-    """Gives level-wise and snapshot-wise series their own x axis in W&B dashboards:
-    ``imp/*`` against ``imp/level`` and ``regions/*`` against ``regions/epoch``."""
+    """Gives level-wise, probe-wise and snapshot-wise series their own x axis in W&B dashboards:
+    ``imp/*`` against ``imp/level``, ``hessian/*`` against ``hessian/step`` and ``regions/*``
+    against ``regions/epoch``."""
+
+    AXES = (("imp/level", "imp/*"), ("hessian/step", "hessian/*"), ("regions/epoch", "regions/*"))
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
         for logger in trainer.loggers:
-            if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            if isinstance(logger, WandbLogger):
                 run = logger.experiment
-                for axis, series in (("imp/level", "imp/*"), ("regions/epoch", "regions/*")):
+                for axis, series in self.AXES:
                     run.define_metric(axis)
                     run.define_metric(series, step_metric=axis)
 
 
+class EpochLines(ProgressBar):
+    """Progress as one plain line per epoch (for logs that are not a terminal, where a TQDM bar
+    redraws into thousands of lines): ``epoch 3/40  train/loss 0.512  ...  val/acc 0.801  1.2 s``."""
+
+    KEYS = ("train/loss", "train/acc", "val/loss", "val/acc")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._enabled = True
+        self._pending: int | None = None
+        self._start = time.perf_counter()
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    @property
+    def is_enabled(self) -> bool:
+        return self._enabled
+
+    def _line(self, trainer: Trainer, epoch: int) -> None:
+        if not (self._enabled and trainer.is_global_zero):
+            return
+        metrics = trainer.callback_metrics
+        parts = [f"{k} {float(metrics[k]):.4g}" for k in self.KEYS if k in metrics]
+        total = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
+        seconds = time.perf_counter() - self._start
+        print(f"epoch {epoch + 1}{total}  " + "  ".join(parts) + f"  {seconds:.1f} s", flush=True)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending is not None:
+            self._line(trainer, self._pending)
+        self._pending = None
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._pending = trainer.current_epoch
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._pending is not None:
+            self._line(trainer, self._pending)
+        self._pending = None
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            metrics = trainer.callback_metrics
+            parts = [f"{k} {float(v):.4g}" for k, v in sorted(metrics.items()) if k.startswith("test/")]
+            print("test  " + "  ".join(parts), flush=True)
+
+
+# ---- the CLI -------------------------------------------------------------------------------------
 class OverparamCLI(LightningCLI):
     """LightningCLI for overparam-lit.
 
     - ``data.input_shape``, ``data.num_classes`` and ``data.task`` flow into the model.
-    - ``--model MLP --data MNIST1D`` short names work for every family and data module.
-    - Each run gets a folder (``--trainer.default_root_dir``, default ``runs/<time>``) holding
-      ``config.yaml``, ``metrics.csv``, ``checkpoints/`` and the callbacks' artifacts.
+    - ``--model MLP --data MNIST1D`` short names work for every family, data module and study
+      callback (``--trainer.callbacks.help HessianProbe``).
+    - Each run gets a folder (``--trainer.default_root_dir``, default ``runs/<time>``, never an
+      existing one) holding ``config.yaml``, ``metrics.csv``, ``checkpoints/`` and the callbacks'
+      artifacts (:class:`~overparam_lit.runfolder.RunFolder`). A folder that holds a run takes a
+      new fit only as a resume of that run (``--ckpt_path <folder>/checkpoints/last.ckpt``) or with
+      ``--overwrite true``; a folder in use by another fit is refused.
+    - ``fit`` ends with the test split (``--test_after_fit false`` skips it), a W&B summary and a
+      printed summary of the run.
     - Loggers default to CSV plus W&B (see ``--wandb.*``); a logger given under
       ``trainer.logger`` replaces them.
     """
@@ -154,8 +477,21 @@ class OverparamCLI(LightningCLI):
         kwargs.setdefault("subclass_mode_model", True)
         kwargs.setdefault("subclass_mode_data", True)
         kwargs.setdefault("auto_configure_optimizers", False)
-        super().__init__(OverparamModule, ArrayDataModule, **kwargs)
+        kwargs.setdefault("parser_class", OverparamArgumentParser)
+        self.lock: RunLock | None = None
+        self.run_folder: RunFolder | None = None
+        self.checkpoint: dict[str, Any] | None = None
+        self._reserved: list[Path] = []
+        self._set_env: list[str] = []
+        self._accepted = False
+        self.subcommand: str | None = None
+        self.wandb_mode = "disabled"
+        try:
+            super().__init__(OverparamModule, ArrayDataModule, **kwargs)
+        finally:
+            self.release()
 
+    # ---- parser ------------------------------------------------------------------------------
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
             "data.input_shape", "model.init_args.input_shape", compute_fn=list, apply_on="instantiate"
@@ -163,35 +499,304 @@ class OverparamCLI(LightningCLI):
         for key in ("num_classes", "task"):
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         parser.add_class_arguments(WandbOptions, "wandb")
+        parser.add_argument(
+            "--overwrite", type=bool, default=False,
+            help="Start over in a run folder that holds an earlier run: its artifacts (config.yaml, "
+                 "metrics.csv, checkpoints/, imp/, hessian/, regions/, wandb/, ...) are deleted first.")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=True,
+            help="After fit, evaluate the test split (test/loss, test/acc in metrics.csv and W&B).")
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        """The parser, named ``overparam-lit`` however the CLI was started."""
+        kwargs.setdefault("prog", "overparam-lit")
+        return super().init_parser(**kwargs)
+
+    def _sub(self) -> Namespace:
+        return self.config.get(str(self.subcommand), self.config) if self.subcommand else self.config
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then check everything that can be checked on the config alone."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        cfg = self.config.get(subcommand, self.config) if subcommand else self.config
+        trainer = _as_dict(cfg.get("trainer")) or {}
+        check_seed(cfg.get("seed_everything"))
+        check_trainer_config(trainer)
+        model = _as_dict(cfg.get("model")) or {}
+        check_optimizer_config(model)
+        ckpt_path = cfg.get("ckpt_path")
+        if subcommand and ckpt_path == "last":
+            ckpt_path = cfg["ckpt_path"] = resolve_last_checkpoint(trainer.get("default_root_dir"))
+        if subcommand and ckpt_path and str(ckpt_path) not in ("best", "hpc") \
+                and not str(ckpt_path).startswith("registry"):
+            self.checkpoint = read_checkpoint(ckpt_path)
+            check_checkpoint_matches(self.checkpoint, model, str(ckpt_path))
+            if subcommand == "fit":
+                check_checkpoint_callbacks(self.checkpoint, trainer.get("callbacks"), str(ckpt_path))
+        if subcommand is None:
+            return
+        explicit = trainer.get("default_root_dir")
+        if explicit:
+            folder = RunFolder(explicit)
+            folder.check_writable()
+            if not self._launch_rank_zero():
+                return
+            resuming = bool(ckpt_path) and folder.owns(ckpt_path) and folder.holds_run()
+            RunLock(folder.lock_file).check_free()  # taken (and checked again) once the fit is accepted
+            if subcommand == "fit":
+                check_run_folder(folder, ckpt_path, bool(cfg.get("overwrite")))  # again under the lock
+                self.save_config_kwargs["keep_old"] = resuming
+            elif folder.config_yaml.exists():
+                self.save_config_kwargs["config_filename"] = f"config.{subcommand}.yaml"
+        else:
+            RunFolder("runs").check_writable()
+
+    # ---- the run folder -------------------------------------------------------------------------
+    @staticmethod
+    def _launch_rank_zero() -> bool:
+        """False in processes another launcher started as a non-zero rank (DDP children of this
+        CLI, torchrun or SLURM ranks): they trust rank zero's checks and lock."""
+        for key in ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK"):
+            value = os.environ.get(key)
+            if value not in (None, "", "0"):
+                return False
+        return True
+
+    def _set(self, key: str, value: str) -> None:
+        os.environ[key] = value
+        self._set_env.append(key)
 
     def _run_dir(self, config: dict[str, Any]) -> Path:
         if config.get("default_root_dir"):
             return Path(config["default_root_dir"])
         # DDP children re-run this command: they inherit the folder chosen by rank zero
-        if RUN_DIR_ENV not in os.environ:
-            os.environ[RUN_DIR_ENV] = str(Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-        return Path(os.environ[RUN_DIR_ENV])
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV])
+        base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        if not self._launch_rank_zero():
+            return base
+        root = base
+        for n in range(1, 10000):  # reserve a fresh folder: mkdir is atomic, so no two fits share one
+            try:
+                created = [p for p in reversed(root.parents) if not p.exists()]
+                root.parent.mkdir(parents=True, exist_ok=True)
+                root.mkdir()
+                self._reserved += [root, *reversed(created)]
+                break
+            except FileExistsError:
+                root = base.with_name(f"{base.name}-{n}")
+        self._set(RUN_DIR_ENV, str(root))
+        return root
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+    def _accept_run_folder(self, subcommand: str) -> None:
+        """Lock the run folder and decide whether this fit may use it (under the lock)."""
+        if not self._launch_rank_zero() or self.run_folder is None:
+            return
+        sub = self._sub()
+        folder = self.run_folder
+        self.lock = RunLock(folder.lock_file).acquire()
+        if self.lock.inherited:
+            return
+        if subcommand == "fit" and check_run_folder(folder, sub.get("ckpt_path"), bool(sub.get("overwrite"))):
+            folder.clear()
+        folder.remove_stale_temporaries()  # half-written files of a killed fit (we hold the lock)
+        self._accepted = True
+
+    def _check_instantiated(self) -> None:
+        """Checks that need the model and trainer: the checkpoint's hyperparameters against the
+        model as built (linked values included), and a trial of the optimizer and scheduler."""
+        sub = self._sub()
+        if self.checkpoint is not None and isinstance(self.model, LightningModule):
+            saved = dict(self.checkpoint.get("hyper_parameters") or {})
+            diffs = [f"model.{k}: checkpoint {v!r}, model {_plain(self.model.hparams[k])!r}"
+                     for k, v in saved.items() if not k.startswith("_") and k in self.model.hparams
+                     and _plain(v) != _plain(self.model.hparams[k])]
+            check(not diffs, "--ckpt_path holds a different model than the one built: " + "; ".join(diffs),
+                  str(sub.get("ckpt_path")), "Resume with the data and model settings the checkpoint was "
+                  "trained with (for example -c <run>/config.yaml), or drop --ckpt_path.")
+        factory = getattr(self.model, "optimizer_factory", None)
+        if callable(factory):
+            probe = torch.nn.Parameter(torch.zeros(1))
+            try:
+                optimizer = factory([probe])
+                scheduler = getattr(self.model, "lr_scheduler_factory", None)
+                if callable(scheduler):
+                    scheduler(optimizer)
+            except (ValueError, TypeError) as err:
+                args = (_as_dict(sub.get("model")) or {}).get("init_args") or {}
+                given = {k: _as_dict(args.get(k)) for k in ("optimizer", "lr_scheduler") if args.get(k)}
+                raise ConfigError(f"the optimizer settings were refused: {err} (got {given!r}). Fix "
+                                  "--model.init_args.optimizer / lr_scheduler.") from None
+
+    def _before(self, subcommand: str) -> None:
+        self._check_instantiated()
+        self.checkpoint = None  # checked; Lightning loads it again itself
+        self._accept_run_folder(subcommand)
+
+    def before_fit(self) -> None:
+        """Checks, then lock and accept the run folder (nothing was written before this)."""
+        self._before("fit")
+
+    def before_validate(self) -> None:
+        """As :meth:`before_fit`."""
+        self._before("validate")
+
+    def before_test(self) -> None:
+        """As :meth:`before_fit`."""
+        self._before("test")
+
+    def before_predict(self) -> None:
+        """As :meth:`before_fit`."""
+        self._before("predict")
+
+    # ---- trainer ---------------------------------------------------------------------------------
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        """The trainer with the run folder's loggers, checkpoints, progress output and plugins."""
+        config_init = self.config_init.get(str(self.subcommand), self.config_init)
+        config = {**(config_init.get("trainer") or {})}
         root = self._run_dir(config)
-        config["default_root_dir"] = str(root)
+        self.run_folder = RunFolder(root)
+        kwargs["default_root_dir"] = str(root)
+        sub = self._sub()
         if config.get("logger") in (None, True):
-            sub = self.config.get(str(self.subcommand), self.config)
-            config["logger"] = make_loggers(root, WandbOptions(**dict(sub["wandb"])))
-        callbacks = list(callbacks) + [DefineWandbAxes()]
-        user_callbacks = config.get("callbacks") or []
-        has_ckpt = any(isinstance(c, ModelCheckpoint) for c in user_callbacks)
-        has_bar = any(isinstance(c, ProgressBar) for c in user_callbacks)
+            options = WandbOptions(**_as_dict(sub["wandb"]))
+            self.wandb_mode = resolve_wandb_mode(options.mode)
+            kwargs["logger"] = make_loggers(root, options, self.run_config(), job_type=self.subcommand)
+        user = config.get("callbacks") or []
+        user = list(user) if isinstance(user, list) else [user]
+        has_ckpt = any(isinstance(c, ModelCheckpoint) for c in user)
+        has_bar = any(isinstance(c, ProgressBar) for c in user)
+        first: list[Callback] = [EpochBoundary()]
+        last: list[Callback] = [DefineWandbAxes(), MetricsCSVCheckpoint()]
         if config.get("enable_progress_bar", True) is not False and not has_bar:
-            # redrawing the bar every step costs more than a small model's step
-            callbacks.append(TQDMProgressBar(refresh_rate=10))
+            # redrawing the bar every step costs more than a small model's step; no bar in logs
+            last.append(TQDMProgressBar(refresh_rate=10) if sys.stdout.isatty() else EpochLines())
         if config.get("enable_checkpointing", True) is not False and not has_ckpt:
-            callbacks.append(
-                ModelCheckpoint(dirpath=str(root / "checkpoints"), filename="{epoch:03d}", save_last=True)
-            )
-        return super()._instantiate_trainer(config, callbacks)
+            last.append(RunCheckpoint(self.run_folder.checkpoints))
+        kwargs["callbacks"] = first + user + last
+        plugins = config.get("plugins")
+        plugins = [] if plugins is None else (list(plugins) if isinstance(plugins, list) else [plugins])
+        if not any(isinstance(p, CheckpointIO) for p in plugins) and config.get("strategy", "auto") in (
+                "auto", "ddp", "ddp_spawn", "ddp_find_unused_parameters_true", "single_device"):
+            plugins.append(AtomicCheckpointIO())
+        kwargs["plugins"] = plugins or None
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (MisconfigurationException, ValueError) as err:
+            if isinstance(err, ConfigError):
+                raise
+            message = str(err).strip()
+            given = {k: v for k, v in (_as_dict(sub.get("trainer")) or {}).items()
+                     if isinstance(k, str) and re.search(rf"\b{re.escape(k)}\b", message)}
+            given = given or {k: v for k, v in (_as_dict(sub.get("trainer")) or {}).items()
+                              if k in _TRAINER_KEYS}
+            raise ConfigError(f"the trainer settings were refused: {message} (got {given}). "
+                              "Fix the --trainer.* option named above.") from None
+
+    def run_config(self) -> dict[str, Any]:
+        """The resolved config as flat dotted keys (the W&B run config)."""
+        sub = self._sub()
+        flat = flatten_config(sub)
+        for key in ("overwrite", "wandb.mode"):
+            flat.pop(key, None)
+        model = getattr(self, "model", None)
+        for key in ("input_shape", "num_classes", "task"):
+            if model is not None and key in getattr(model, "hparams", {}):
+                flat[f"model.{key}"] = _plain(model.hparams[key])
+        if model is not None and hasattr(model, "num_params"):
+            flat["model.num_params"] = int(model.num_params)
+        return flat
+
+    # ---- after fit -------------------------------------------------------------------------------
+    def _has_test_split(self) -> bool:
+        dm, model = self.datamodule, self.model
+        if not isinstance(model, LightningModule) or type(model).test_step is LightningModule.test_step:
+            return False
+        if dm is None:
+            return False
+        return type(dm).test_dataloader is not LightningDataModule.test_dataloader
+
+    def after_fit(self) -> None:
+        """Test split, W&B summary and a printed summary of the run."""
+        trainer = self.trainer
+        if self._sub().get("test_after_fit", True) and not trainer.interrupted and self._has_test_split():
+            trainer.test(self.model, datamodule=self.datamodule, verbose=False)
+        self.finish_run()
+
+    def finish_run(self) -> None:
+        """W&B summary values (final and best val/test, final train error), end of the W&B run,
+        and the end-of-fit summary on the console (rank zero)."""
+        trainer = self.trainer
+        if not trainer.is_global_zero or self.run_folder is None:
+            return
+        from overparam_lit.studies.results import run_summary
+
+        csv_logger = next((lg for lg in trainer.loggers if isinstance(lg, RunCSVLogger)), None)
+        summary: dict[str, float] = {}
+        if csv_logger is not None:
+            csv_logger.csv.flush(sync=True)
+            summary = run_summary(self.run_folder.root)
+        for logger in trainer.loggers:
+            run = wandb_run_if_started(logger) if isinstance(logger, WandbLogger) else None
+            if run is not None:
+                run.summary.update(summary)
+                run.finish()
+        print_run_summary(self.run_folder, summary, getattr(self, "wandb_mode", "disabled") == "offline")
+
+    # ---- cleanup ---------------------------------------------------------------------------------
+    def release(self) -> None:
+        """Release the lock, forget the inherited environment, and remove a reserved default
+        folder that stayed empty because the launch was refused."""
+        if self.lock is not None:
+            self.lock.release()
+        for key in self._set_env:
+            os.environ.pop(key, None)
+        self._set_env = []
+        if not self._accepted and self.subcommand is not None:
+            for path in self._reserved:
+                try:
+                    path.rmdir()
+                except OSError:
+                    break
+        self._reserved = []
 
 
+_TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision", "max_epochs", "max_steps",
+                 "plugins", "fast_dev_run")
+
+
+def print_run_summary(folder: RunFolder, summary: Mapping[str, float], offline: bool) -> None:
+    """Print where a finished run lies, its final metrics and how to look at them."""
+    keys = [("train", "final/train_acc", "final/train_loss"), ("val", "final/val_acc", "final/val_loss"),
+            ("test", "final/test_acc", "final/test_loss")]
+    parts = []
+    for split, acc, loss in keys:
+        if acc in summary:
+            parts.append(f"{split}/acc {summary[acc]:.4f}")
+        elif loss in summary:
+            parts.append(f"{split}/loss {summary[loss]:.4g}")
+    root = folder.root
+    lines = [f"Run folder: {root}"]
+    if parts:
+        lines.append("Final: " + "  ".join(parts))
+    if "best/val_acc" in summary:
+        epoch = int(summary.get("best/val_epoch", -1))
+        lines.append(f"Best val/acc {summary['best/val_acc']:.4f} (epoch {epoch})")
+    lines.append(f"Metrics: {folder.metrics_csv} (one row per logging step; "
+                 "overparam_lit.studies.read_metrics_csv reads it)")
+    runs = folder.wandb_offline_runs()
+    if offline and runs:
+        lines.append(f"W&B (offline): wandb sync {runs[-1]}")
+    elif folder.wandb.is_dir():
+        lines.append("W&B: the run is on your W&B dashboard (project overparam-lit by default)")
+    if folder.last_ckpt.is_file():
+        lines.append(f"Continue: overparam-lit fit -c {folder.config_yaml} --ckpt_path {folder.last_ckpt} "
+                     "--trainer.max_epochs <more>")
+    print("\n".join(lines), flush=True)
+
+
+# ---- entry point --------------------------------------------------------------------------------
 def find_config_error(err: BaseException | None) -> ConfigError | None:
     """The :class:`ConfigError` behind ``err`` (jsonargparse and Lightning wrap exceptions)."""
     seen = set()
@@ -203,22 +808,92 @@ def find_config_error(err: BaseException | None) -> ConfigError | None:
     return None
 
 
-def main(args: list[str] | None = None) -> None:
-    """Console entry point: run the CLI, printing bad-input errors as one paragraph.
+def resolve_fragment(path: str) -> str:
+    """``path`` as given when it exists, else the packaged fragment of the same relative name
+    (``callbacks/imp.yaml``, ``configs/quickstart.yaml``) when the package ships one."""
+    if not path or Path(path).exists() or Path(path).is_absolute():
+        return path
+    packaged = FRAGMENTS / path
+    return str(packaged) if packaged.is_file() else path
 
-    The working folder is importable, so ``--model my_study.MyNet`` finds ``./my_study.py``.
+
+def resolve_config_args(argv: list[str]) -> list[str]:
+    """Replace the values of ``-c``/``--config`` that do not exist by their packaged fragments."""
+    out: list[str] = []
+    take = False
+    for arg in argv:
+        if take:
+            out.append(resolve_fragment(arg))
+            take = False
+        elif arg in ("-c", "--config"):
+            out.append(arg)
+            take = True
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve_fragment(arg.split("=", 1)[1]))
+        else:
+            out.append(arg)
+    return out
+
+
+class _DropTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_console() -> None:
+    """Drop console noise that says nothing about the run: Lightning's advertisement tips, the
+    ``log_every_n_steps`` warning (the modules log per epoch) and a deprecation warning Lightning
+    raises inside torch's pytree."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    if not any(isinstance(f, _DropTips) for f in log.filters):
+        log.addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+
+
+def _help_with_commands() -> None:
+    if COMMANDS:
+        width = max(len(n) for n in COMMANDS)
+        print("\nother commands (overparam-lit COMMAND --help):")
+        for cmd in COMMANDS.values():
+            print(f"  {cmd.name.ljust(width)}  {cmd.help}")
+
+
+def main(args: list[str] | None = None) -> int | None:
+    """Console entry point: run a registered command or the CLI, printing bad-input errors as
+    one paragraph (exit code 2). A registered command's non-zero exit code is raised as
+    ``SystemExit``, so ``python -m overparam_lit`` passes it on as well.
+
+    The working folder is importable, so ``--model my_study.MyNet`` finds ``./my_study.py``;
+    ``-c callbacks/imp.yaml`` falls back to the packaged fragment when the path does not exist.
     """
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] in COMMANDS:
+        code = COMMANDS[argv[0]].run(argv[1:])
+        if code:
+            raise SystemExit(code)
+        return 0
+    quiet_console()
+    argv = resolve_config_args(argv)
+    _ARGV[:] = argv
+    if args is None:
+        sys.argv[1:] = argv  # DDP children re-run sys.argv: they see the resolved paths too
     try:
-        OverparamCLI(args=args)
+        OverparamCLI(args=None if args is None else argv)
+    except SystemExit:
+        if argv[:1] in (["-h"], ["--help"]):
+            _help_with_commands()
+        raise
     except Exception as err:
         config_error = find_config_error(err)
         if config_error is None:
             raise
         print(f"overparam-lit: error: {config_error}", file=sys.stderr)
         raise SystemExit(2) from None
+    return None
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -14,8 +14,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-TESTED_LIGHTNING = ("2.4", "2.6")
-"""Oldest and newest Lightning minor release these shims were written against."""
+TESTED_LIGHTNING = ("2.6", "2.6")
+"""Oldest and newest Lightning minor release these shims were tested with (2.6.6)."""
 
 
 def fresh_optimizers(trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -45,6 +45,30 @@ def save_checkpoints_now(callback: ModelCheckpoint, trainer: L.Trainer, epoch: i
         candidates["epoch"] = torch.tensor(int(epoch))
     callback._save_topk_checkpoint(trainer, candidates)
     callback._save_last_checkpoint(trainer, candidates)
+
+
+def mark_epoch_boundary(checkpoint: dict[str, Any]) -> None:
+    """Make a checkpoint taken in ``on_train_epoch_start`` restore as an end-of-epoch checkpoint.
+
+    At that hook Lightning has already counted the new epoch as "ready"; a checkpoint with that
+    count restores as "restarted on epoch start" and then skips the epoch's batches (the batch
+    progress of the previous, finished epoch is restored with it). Setting ``ready`` back to
+    ``started`` gives the state Lightning saves at the end of training, which resumes by starting
+    the next epoch normally (its ``on_train_epoch_start`` hooks run again).
+    """
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
+    if not isinstance(progress, dict):
+        return
+    for part in ("total", "current"):
+        counts = progress.get(part)
+        if isinstance(counts, dict) and "ready" in counts and "started" in counts:
+            counts["ready"] = counts["started"]
+
+
+def wandb_run_if_started(logger: Any) -> Any | None:
+    """The W&B run of a ``WandbLogger`` when it was started, else ``None`` (never starts one;
+    ``logger.experiment`` would)."""
+    return getattr(logger, "_experiment", None)
 
 
 def drop_wandb_anonymous(logger: Any) -> None:

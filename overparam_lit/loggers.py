@@ -1,31 +1,519 @@
-"""A CSV logger that keeps the rows of earlier fits in the same run folder (resumes)."""
+"""Loggers of a run folder: ``metrics.csv`` kept consistent with the checkpoints, and W&B runs
+that carry the whole config.
+
+The CSV machinery is reusable by any writer of a run-folder table (``members.csv``):
+
+- :class:`CheckpointedCSV` is an append-only CSV file. Rows are buffered by :meth:`~CheckpointedCSV.append`,
+  written by :meth:`~CheckpointedCSV.flush` (appended, or the file rewritten atomically when new
+  columns appear), and :meth:`~CheckpointedCSV.state_dict` flushes *and fsyncs* before it reports
+  how many rows are on disk. :meth:`~CheckpointedCSV.load_state_dict` cuts the file back to that
+  many rows (an atomic rewrite). Put the state in a checkpoint and every checkpoint refers only to
+  rows on disk; resume from it and the rows written after it (which the resumed fit writes again)
+  are gone: no lost rows, no duplicates.
+- :class:`CheckpointedCSVCallback` is a Lightning callback base that does the wiring: it opens the
+  file in the run folder on rank zero, returns the CSV's state from ``state_dict()`` (Lightning
+  calls it while it builds every checkpoint, before the file is written) and truncates in
+  ``load_state_dict()`` when a fit resumes. A subclass sets ``filename`` (and optionally
+  ``columns``) and calls :meth:`~CheckpointedCSVCallback.write_rows`::
+
+      class MembersTable(CheckpointedCSVCallback):
+          filename = RunFolder.MEMBERS            # "members.csv"
+
+          def on_train_epoch_end(self, trainer, pl_module):
+              self.write_rows(trainer, [{"member": i, "epoch": trainer.current_epoch, ...} for i in ...])
+
+- :class:`RunCSVLogger` is the Lightning logger of ``metrics.csv`` (and ``hparams.yaml``) built on
+  a :class:`CheckpointedCSV`; :class:`MetricsCSVCheckpoint` is the callback that puts its state
+  into checkpoints (the CLI adds both).
+"""
 
 from __future__ import annotations
 
 import csv
+import os
+import struct
+from argparse import Namespace
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+import lightning as L
+import torch
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+from overparam_lit.runfolder import RunFolder
+from overparam_lit.utils import atomic_write, fsync_path
+
+__all__ = [
+    "CheckpointedCSV",
+    "CheckpointedCSVCallback",
+    "MetricsCSVCheckpoint",
+    "RunCSVLogger",
+    "RunWandbLogger",
+    "flatten_config",
+    "read_wandb_run",
+]
 
 
-class _AppendingWriter(ExperimentWriter):
-    """Lightning's CSV writer deletes an existing ``metrics.csv``; this one appends to it,
-    keeping its columns (new keys still rewrite the header, as Lightning does)."""
-
-    def _check_log_dir_exists(self) -> None:
-        if self._fs.isfile(self.metrics_file_path):
-            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
-                self.metrics_keys = list(next(csv.reader(fh), []))
+def _cell(value: Any) -> Any:
+    if torch.is_tensor(value):
+        value = value.item() if value.numel() == 1 else value.tolist()
+    return "" if value is None else value
 
 
-class AppendingCSVLogger(CSVLogger):
-    """``CSVLogger`` whose ``metrics.csv`` survives a resumed fit in the same folder."""
+class CheckpointedCSV:
+    """An append-only CSV file whose rows stay consistent with the checkpoints of a fit.
+
+    Args:
+        path: the file (created on the first flush; an existing one is continued).
+        columns: fixed column order; ``None`` grows the header as keys appear, sorted (the
+            layout of Lightning's ``metrics.csv``). Keys outside fixed columns are dropped.
+
+    Protocol: :meth:`append` rows at any time; :meth:`state_dict` whenever a checkpoint is built
+    (it flushes and fsyncs, then returns ``{"rows": n}``); :meth:`load_state_dict` with that
+    state when a fit resumes (the file is cut back to ``n`` rows). Only rank zero should own one.
+    """
+
+    def __init__(self, path: str | Path, columns: Sequence[str] | None = None) -> None:
+        self.path = Path(path)
+        self.fixed = columns is not None
+        self.columns: list[str] = list(columns or [])
+        self.pending: list[dict[str, Any]] = []
+        self._rows_on_disk: int | None = None
+
+    # ---- reading -----------------------------------------------------------------------------
+    def _scan(self) -> None:
+        """Read the header and count the rows of an existing file (once)."""
+        if self._rows_on_disk is not None:
+            return
+        self._rows_on_disk = 0
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as fh:
+            reader = csv.reader(fh)
+            header = next(reader, None)
+            if header and not self.fixed:
+                self.columns = header + [c for c in self.columns if c not in header]
+            self._rows_on_disk = sum(1 for _ in reader)
 
     @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def rows_on_disk(self) -> int:
+        """Data rows in the file now (buffered rows not counted)."""
+        self._scan()
+        assert self._rows_on_disk is not None
+        return self._rows_on_disk
+
+    def read(self) -> list[dict[str, str]]:
+        """The rows on disk as dictionaries of strings."""
+        if not self.path.is_file():
+            return []
+        with open(self.path, newline="") as fh:
+            return list(csv.DictReader(fh))
+
+    # ---- writing -----------------------------------------------------------------------------
+    def append(self, row: Mapping[str, Any]) -> None:
+        """Buffer one row (written by the next :meth:`flush`)."""
+        self.pending.append({str(k): _cell(v) for k, v in row.items()})
+
+    def extend(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Buffer several rows."""
+        for row in rows:
+            self.append(row)
+
+    def _rewrite(self, rows: list[Mapping[str, Any]]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore", restval="")
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
+
+    def flush(self, sync: bool = False) -> int:
+        """Write the buffered rows; with ``sync`` they reach the disk before this returns.
+
+        New columns rewrite the whole file atomically (temporary file, fsync, rename), so a kill
+        never leaves it empty or with a header that does not match its rows. Returns the number
+        of rows on disk.
+        """
+        self._scan()
+        if not self.pending:
+            if sync and self.path.is_file():
+                fsync_path(self.path)
+            return self.rows_on_disk
+        rows, self.pending = self.pending, []
+        new = [] if self.fixed else sorted({k for r in rows for k in r} - set(self.columns))
+        if new or not self.path.is_file():
+            old = self.read()
+            self.columns = sorted(set(self.columns) | set(new)) if not self.fixed else self.columns
+            self._rewrite(old + rows)
+            self._rows_on_disk = len(old) + len(rows)
+            return self._rows_on_disk
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore", restval="")
+            writer.writerows(rows)
+            fh.flush()
+            if sync:
+                os.fsync(fh.fileno())
+        self._rows_on_disk = self.rows_on_disk + len(rows)
+        return self._rows_on_disk
+
+    def truncate(self, rows: int) -> int:
+        """Keep the first ``rows`` data rows on disk (an atomic rewrite); buffered rows stay.
+        Returns the rows removed."""
+        self._scan()
+        if not self.path.is_file() or self.rows_on_disk <= rows:
+            return 0
+        kept = self.read()[: max(0, rows)]
+        removed = self.rows_on_disk - len(kept)
+        self._rewrite(kept)
+        self._rows_on_disk = len(kept)
+        return removed
+
+    # ---- checkpoint state ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Flush and fsync, then ``{"rows": n, "file": name}``: what a checkpoint refers to."""
+        return {"rows": self.flush(sync=True), "file": self.path.name}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> int:
+        """Cut the file back to the rows of a checkpoint's state; returns the rows removed."""
+        if "rows" not in state:
+            return 0
+        return self.truncate(int(state["rows"]))
+
+
+class CheckpointedCSVCallback(L.Callback):
+    """Base of callbacks that write a table into the run folder through a :class:`CheckpointedCSV`.
+
+    Subclasses set :attr:`filename` (a name from :class:`~overparam_lit.runfolder.RunFolder`, e.g.
+    ``RunFolder.MEMBERS``) and optionally :attr:`columns`, and call :meth:`write_rows`. The base
+    opens the file on rank zero in ``setup``, hands the CSV state to every checkpoint (rows are
+    flushed and fsynced before the checkpoint file is written) and, on resume, cuts the file back
+    to the checkpoint's rows. Rows written on other ranks are ignored.
+    """
+
+    filename: str = "table.csv"
+    columns: Sequence[str] | None = None
+
+    def __init__(self) -> None:
+        self.csv: CheckpointedCSV | None = None
+        self._resume_state: dict[str, Any] | None = None
+
+    def open_csv(self, trainer: L.Trainer) -> CheckpointedCSV | None:
+        """The CSV of this callback in the trainer's run folder (rank zero), else ``None``."""
+        if trainer.global_rank != 0:
+            return None
+        return CheckpointedCSV(RunFolder.of(trainer).root / self.filename, self.columns)
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.csv is None:
+            self.csv = self.open_csv(trainer)
+        if self.csv is not None and self._resume_state is not None:
+            self.csv.load_state_dict(self._resume_state)
+            self._resume_state = None
+
+    def write_rows(self, trainer: L.Trainer, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Append rows (rank zero only; they reach the disk before the next checkpoint)."""
+        if self.csv is not None and trainer.global_rank == 0:
+            self.csv.extend(rows)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.csv.state_dict() if self.csv is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self.csv is not None:
+            self.csv.load_state_dict(state_dict)
+        else:
+            self._resume_state = dict(state_dict)
+
+    def _flush(self) -> None:
+        if self.csv is not None:
+            self.csv.flush(sync=True)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._flush()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn != "fit":  # a standalone `validate` (fits flush at their checkpoints)
+            self._flush()
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        self._flush()
+
+
+class RunCSVLogger(Logger):
+    """Writes ``metrics.csv`` and ``hparams.yaml`` into the run folder (the layout of Lightning's
+    ``CSVLogger``: one row per logging step, a ``step`` column, columns sorted), through a
+    :class:`CheckpointedCSV`, so that with :class:`MetricsCSVCheckpoint` a resumed fit continues the
+    same file with neither lost nor repeated rows.
+
+    Args:
+        save_dir: the run folder.
+        flush_logs_every_n_steps: also flush buffered rows every N logging steps (checkpoints
+            and the end of a fit always flush).
+    """
+
+    def __init__(self, save_dir: str | Path, flush_logs_every_n_steps: int = 100) -> None:
+        super().__init__()
+        self.folder = RunFolder(save_dir)
+        self.csv = CheckpointedCSV(self.folder.metrics_csv)
+        self.hparams: dict[str, Any] = {}
+        self._flush_every = max(1, int(flush_logs_every_n_steps))
+        self._logged = 0
+
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return str(self.folder.root)
+
+    @property
+    def root_dir(self) -> str:
+        return str(self.folder.root)
+
+    @property
+    def log_dir(self) -> str:
+        return str(self.folder.root)
+
+    @property
+    def experiment(self) -> CheckpointedCSV:
+        """The :class:`CheckpointedCSV` of ``metrics.csv``."""
+        return self.csv
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        from lightning.pytorch.core.saving import save_hparams_to_yaml
+
+        if isinstance(params, Namespace):
+            params = vars(params)
+        self.hparams.update(dict(params or {}))
+        hparams = dict(self.hparams)
+        atomic_write(self.folder.hparams_yaml, lambda tmp: save_hparams_to_yaml(tmp, hparams))
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        row = {k: v for k, v in metrics.items() if k != "step"}
+        row["step"] = self._logged if step is None else int(step)
+        self.csv.append(row)
+        self._logged += 1
+        if (row["step"] + 1) % self._flush_every == 0:
+            self.csv.flush()
+
+    @rank_zero_only
+    def save(self) -> None:
+        self.csv.flush()
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        self.csv.flush(sync=True)
+
+
+class MetricsCSVCheckpoint(CheckpointedCSVCallback):
+    """Puts the state of the run's :class:`RunCSVLogger` (``metrics.csv``) into every checkpoint
+    and cuts the file back to it on resume."""
+
+    filename = RunFolder.METRICS
+
+    @property
+    def state_key(self) -> str:
+        return "MetricsCSV"
+
+    def open_csv(self, trainer: L.Trainer) -> CheckpointedCSV | None:
+        if trainer.global_rank != 0:
+            return None
+        return next((lg.csv for lg in trainer.loggers if isinstance(lg, RunCSVLogger)), None)
+
+    def write_rows(self, trainer: L.Trainer, rows: Iterable[Mapping[str, Any]]) -> None:
+        raise TypeError("metrics.csv is written through the trainer's loggers (self.log / log_scalars).")
+
+
+# ---- W&B ---------------------------------------------------------------------------------------
+class RunWandbLogger(WandbLogger):
+    """``WandbLogger`` whose run config is the whole resolved config (see :func:`flatten_config`),
+    given at ``wandb.init``; the model's own hyperparameters, which Lightning logs again at the
+    start of a fit, are already in it as ``model.*`` and are not repeated as top-level keys.
+
+    Args:
+        run_config: flat config of the run (dotted keys).
+        **kwargs: :class:`~lightning.pytorch.loggers.WandbLogger` arguments (and ``wandb.init``
+            ones such as ``job_type``).
+    """
+
+    def __init__(self, run_config: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
+        if run_config is not None:
+            kwargs["config"] = dict(run_config)
+        super().__init__(**kwargs)
+        from overparam_lit.compat import drop_wandb_anonymous
+
+        drop_wandb_anonymous(self)
+        self.run_config = dict(run_config) if run_config is not None else None
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace, *args: Any, **kwargs: Any) -> None:
+        if self.run_config is None:
+            super().log_hyperparams(params, *args, **kwargs)
+
+
+def _short(class_path: str) -> str:
+    return class_path.rsplit(".", 1)[-1]
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, tuple):
+        value = list(value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if callable(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    return str(value)
+
+
+def _is_class_spec(value: Any) -> bool:
+    return isinstance(value, Mapping) and "class_path" in value
+
+
+def flatten_config(config: Mapping[str, Any] | Namespace) -> dict[str, Any]:
+    """The resolved CLI config as flat dotted keys for a W&B run config.
+
+    ``init_args`` levels are dropped (``model.init_args.width`` -> ``model.width``), each class
+    keeps a readable ``*.class_path``, the optimizer and LR scheduler move to the top
+    (``optimizer.lr``, ``lr_scheduler.class_path``), callbacks are listed by class name
+    (``callbacks: "HessianProbe, IterativeMagnitudePruning"``) with their arguments under
+    ``callbacks.<Name>.<arg>``, and loggers are left out. Example keys: ``data.label_noise``,
+    ``model.width``, ``optimizer.lr``, ``seed_everything``, ``trainer.max_epochs``.
+    """
+    if isinstance(config, Namespace) or hasattr(config, "as_dict"):
+        config = config.as_dict() if hasattr(config, "as_dict") else vars(config)
+    config = dict(config)
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if _is_class_spec(value):
+            out[f"{prefix}.class_path"] = value["class_path"]
+            for source in ("init_args", "dict_kwargs"):
+                for k, v in (value.get(source) or {}).items():
+                    walk(f"{prefix}.{k}", v)
+            return
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+            return
+        out[prefix] = _plain(value)
+
+    model = config.pop("model", None)
+    if _is_class_spec(model):
+        args = dict(model.get("init_args") or {})
+        for key in ("optimizer", "lr_scheduler"):
+            if key in args:
+                walk(key, args.pop(key))
+        walk("model", {**model, "init_args": args})
+    elif model is not None:
+        walk("model", model)
+    trainer = dict(config.pop("trainer", None) or {})
+    callbacks = trainer.pop("callbacks", None) or []
+    trainer.pop("logger", None)
+    trainer.pop("plugins", None)
+    if _is_class_spec(callbacks):
+        callbacks = [callbacks]
+    names: list[str] = []
+    for cb in callbacks if isinstance(callbacks, list) else []:
+        if not _is_class_spec(cb):
+            continue
+        name = _short(cb["class_path"])
+        label = name if name not in names else f"{name}_{names.count(name) + 1}"
+        names.append(name)
+        for k, v in (cb.get("init_args") or {}).items():
+            walk(f"callbacks.{label}.{k}", v)
+    out["callbacks"] = ", ".join(names)
+    walk("trainer", trainer)
+    configs = config.pop("config", None)
+    if configs:
+        out["config_files"] = [str(getattr(c, "relative", c)) for c in configs]
+    for key in ("subcommand", "__path__"):
+        config.pop(key, None)
+    walk("", config)
+    return out
+
+
+# ---- reading an offline W&B run ------------------------------------------------------------------
+def read_wandb_run(path: str | Path) -> dict[str, Any]:
+    """Read a local W&B run file (``run-<id>.wandb``, e.g. of an offline run) without a server.
+
+    The file is a LevelDB-style log of ``wandb_internal_pb2.Record`` messages (32 KiB blocks,
+    7-byte chunk headers) after a 7-byte W&B header. Returns ``{"run": {...}, "config": {key:
+    value}, "summary": {key: value}, "history": [row, ...], "metrics": [{"name", "glob_name",
+    "step_metric"}, ...]}`` with JSON values decoded; later config and summary updates win.
+    """
+    import json
+
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (no ':W&B' header)")
+    block, pos, chunks, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        chunk, pos = data[pos:pos + length], pos + length
+        if kind == 0 and length == 0:
+            break
+        if kind == 1:
+            records.append(chunk)
+        elif kind == 2:
+            chunks = chunk
+        elif kind == 3:
+            chunks += chunk
+        elif kind == 4:
+            records.append(chunks + chunk)
+            chunks = b""
+
+    def key_of(item: Any) -> str:
+        return item.key if item.key else "/".join(item.nested_key)
+
+    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "metrics": []}
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out["run"] = {"id": r.run_id, "project": r.project, "name": r.display_name,
+                          "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
+            for item in rec.run.config.update:
+                out["config"][key_of(item)] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in rec.config.update:
+                out["config"][key_of(item)] = json.loads(item.value_json)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                out["summary"][key_of(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({key_of(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "metric":
+            out["metrics"].append({"name": rec.metric.name, "glob_name": rec.metric.glob_name,
+                                   "step_metric": rec.metric.step_metric})
+    for wrapped in ("config",):  # wandb.init(config=...) values arrive as {"value": v}
+        for k, v in list(out[wrapped].items()):
+            if isinstance(v, dict) and set(v) == {"value"}:
+                out[wrapped][k] = v["value"]
+    return out

@@ -6,8 +6,10 @@ runs). Points run on ``--workers`` local processes; where there are GPUs the def
 worker per GPU, each seeing only its GPU (``CUDA_VISIBLE_DEVICES``).
 
 Resumable: a point whose folder holds ``done.json`` (written after a zero exit, with its final
-metrics) is skipped; a point that was interrupted resumes from its ``checkpoints/last.ckpt``
-(unless ``--fresh``); a point that fails is retried ``--retries`` times and reported. Every
+metrics) is skipped; a point that was interrupted resumes from its ``checkpoints/last.ckpt`` (or
+the newest intact checkpoint, unless ``--fresh``); a point whose earlier attempt left a run
+without a checkpoint, or any run with ``--fresh``, starts over with ``--overwrite true``; a
+point that fails is retried ``--retries`` times and reported. Every
 call rewrites ``OUT/results.csv``: one row per point with its grid values, status and final
 metrics (the last logged value of every metric key; ``val/*`` is the last validation epoch).
 
@@ -42,8 +44,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from overparam_lit.runfolder import RunFolder  # noqa: E402
 from overparam_lit.studies import (  # noqa: E402
-    DONE_FILE,
     RESULTS_FILE,
     Point,
     check_configs,
@@ -157,10 +159,16 @@ class Sweep:
         return self.out / "points" / point.name
 
     def command(self, point: Point) -> list[str]:
+        """The point's fit command: a resume from its newest intact checkpoint, a start over
+        (``--overwrite true``) when its folder holds a run without one (or with ``--fresh``),
+        else a plain fit."""
         cmd = fit_command(self.args.config, point, self.point_dir(point), self.name, self.fixed)
-        last = self.point_dir(point) / "checkpoints" / "last.ckpt"
-        if not self.args.fresh and last.is_file():
-            cmd += ["--ckpt_path", str(last)]
+        folder = RunFolder(self.point_dir(point))
+        ckpt = None if self.args.fresh else folder.resume_checkpoint()
+        if ckpt is not None:
+            cmd += ["--ckpt_path", str(ckpt)]
+        elif folder.holds_run():
+            cmd += ["--overwrite", "true"]
         return cmd
 
     def write_spec(self) -> None:
@@ -175,8 +183,8 @@ class Sweep:
         for p in self.points:
             d = self.point_dir(p)
             row: dict[str, Any] = {"point": p.name, **p.parsed()}
-            if (d / DONE_FILE).is_file():
-                done = json.loads((d / DONE_FILE).read_text())
+            done = RunFolder(d).read_done()
+            if done is not None:
                 row.update(status="done", attempts=done.get("attempts"), seconds=done.get("seconds"))
                 row.update(done.get("metrics", {}))
             elif (d / "failed.json").is_file():
@@ -195,7 +203,8 @@ class Sweep:
     def run_point(self, index: int, slot: int) -> str:
         point = self.points[index]
         d = self.point_dir(point)
-        if (d / DONE_FILE).is_file():
+        folder = RunFolder(d)
+        if folder.done_json.is_file():
             print(f"[sweep] skip {point.name} (finished)", flush=True)
             return "skipped"
         d.mkdir(parents=True, exist_ok=True)
@@ -232,9 +241,9 @@ class Sweep:
                         _children.discard(proc)
             seconds = round(time.time() - start, 2)
             if rc == 0:
-                atomic_write_json({"point": point.name, "index": index, "values": point.parsed(),
+                folder.write_done({"point": point.name, "index": index, "values": point.parsed(),
                                    "attempts": attempt, "seconds": seconds, "command": cmd,
-                                   "metrics": final_metrics(d)}, d / DONE_FILE)
+                                   "metrics": final_metrics(d)})
                 print(f"[sweep] done {point.name} in {seconds:.1f} s", flush=True)
                 return "done"
             if _stopping.is_set():
@@ -250,7 +259,7 @@ class Sweep:
         self.out.mkdir(parents=True, exist_ok=True)
         self.write_spec()
         indices = [self.args.point] if self.args.point is not None else list(range(len(self.points)))
-        todo = [i for i in indices if not (self.point_dir(self.points[i]) / DONE_FILE).is_file()]
+        todo = [i for i in indices if not RunFolder(self.point_dir(self.points[i])).done_json.is_file()]
         print(f"[sweep] {self.name}: {len(indices)} point(s), {len(indices) - len(todo)} already finished, "
               f"{len(todo)} to run on {self.workers} worker(s)", flush=True)
         slots = list(range(self.workers))

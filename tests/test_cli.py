@@ -42,8 +42,9 @@ def test_quickstart_writes_run_folder_and_offline_wandb(tmp_path: Path, monkeypa
     assert "#   model.init_args.input_shape: [1, 40]" in text  # linked from the data module
     assert yaml.safe_load((run / "hparams.yaml").read_text())["input_shape"] == [1, 40]
     rows = read_metrics(run)
-    assert column(rows, "model/num_params") == [40 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10]
+    assert column(rows, "model/num_params")[0] == 40 * 32 + 32 + 32 * 32 + 32 + 32 * 10 + 10
     assert len(column(rows, "val/acc")) == 2 and len(column(rows, "train/loss")) == 2
+    assert len(column(rows, "test/acc")) == 1  # fit ends with the test split
     assert (run / "checkpoints" / "last.ckpt").is_file()
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("*.wandb"))
@@ -57,6 +58,9 @@ def test_resume_keeps_earlier_metrics_rows(tmp_path: Path) -> None:
     main(["fit", *common, "--trainer.max_epochs", "3", "--ckpt_path", str(run / "checkpoints/last.ckpt")])
     rows = read_metrics(run)
     assert [r["epoch"] for r in rows if r.get("val/acc")] == ["0", "1", "2"]
+    assert [r["epoch"] for r in rows if r.get("train/loss")] == ["0", "1", "2"]
+    # the first fit's test row came after its last checkpoint: the resume replaced it
+    assert [r["epoch"] for r in rows if r.get("test/acc")] == ["3"]
     assert list(run.glob("config.yaml.*.bak"))  # the first fit's config is kept too
 
 
@@ -83,7 +87,7 @@ def test_readme_new_study_runs_from_the_cli(tmp_path: Path, monkeypatch) -> None
           "--trainer.max_epochs", "1", "--trainer.default_root_dir", "run", "--wandb.mode", "disabled",
           "--trainer.enable_progress_bar", "false"])
     rows = read_metrics(tmp_path / "run")
-    assert column(rows, "model/num_params") == [40 * 8 + 8 + 8 * 10 + 10]
+    assert column(rows, "model/num_params")[0] == 40 * 8 + 8 + 8 * 10 + 10
 
 
 @pytest.mark.parametrize("args,expect", [
@@ -131,4 +135,5 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
         acc = (model(x).argmax(1) == y_true).float().mean().item()
     assert abs(acc - val_acc[-1]) < 1e-6
     # each rank trained on half the data: 2 epochs x 20 steps of 100 samples per rank (0-based)
-    assert column(rows, "train/loss") and int(rows[-1]["step"]) == 39
+    assert column(rows, "train/loss") and int([r for r in rows if r.get("train/loss")][-1]["step"]) == 39
+    assert len(column(rows, "test/acc")) == 1 and not (run / "run.lock").exists()

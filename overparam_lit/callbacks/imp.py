@@ -115,6 +115,11 @@ class IterativeMagnitudePruning(MaskedTraining):
         return [] if self.levels_state is None else self.levels_state.history
 
     @property
+    def snapshot(self) -> dict[str, Tensor] | None:
+        """The rewind point (the state of level 0 at ``rewind_step``), once reached."""
+        return None if self.levels_state is None else self.levels_state.snapshot
+
+    @property
     def total_epochs(self) -> int:
         """``(levels + 1) * epochs_per_level`` once resolved in ``setup``."""
         assert self._epl is not None

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.grid import parse_value
 from overparam_lit.utils import check
 
@@ -58,7 +59,7 @@ def _num(text: str | None) -> float | None:
 
 def read_metrics_csv(run: str | Path) -> list[dict[str, float]]:
     """``run/metrics.csv`` as a list of ``{key: float}`` rows (empty cells left out)."""
-    rows = read_csv_rows(Path(run) / "metrics.csv")
+    rows = read_csv_rows(RunFolder(run).metrics_csv)
     out = []
     for row in rows:
         parsed = {k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None}
@@ -77,19 +78,57 @@ def series(rows: list[dict[str, float]], key: str, x: str = "step") -> tuple[np.
 
 def final_metrics(run: str | Path) -> dict[str, float]:
     """Last logged value of every metric of a run folder, plus ``epoch`` and ``step`` of the
-    last row, and the numbers of ``imp/ticket_result.json`` (as ``ticket/<key>``) if present.
-    A fit resumed in the same folder appends to ``metrics.csv``, so its rows follow the earlier ones."""
-    run = Path(run)
+    last training or validation row (the test split evaluated after fit does not move them),
+    and the numbers of ``imp/ticket_result.json`` (as ``ticket/<key>``) if present.
+    A fit resumed in the same folder continues ``metrics.csv`` from its checkpoint, so the rows
+    read as one uninterrupted fit."""
+    folder = RunFolder(run)
     out: dict[str, float] = {}
-    path = run / "metrics.csv"
-    if path.is_file():
-        for row in read_csv_rows(path):
-            out.update({k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None})
-    ticket = run / "imp" / "ticket_result.json"
+    for row in folder.read_metrics():
+        values = {k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None}
+        if any(k.startswith("test/") for k in values):  # the test split after fit: epoch = epochs done
+            values.pop("epoch", None)
+            values.pop("step", None)
+        out.update(values)
+    ticket = folder.ticket_result
     if ticket.is_file():
         data = json.loads(ticket.read_text())
         out.update({f"ticket/{k}": float(v) for k, v in data.items()
                     if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    return out
+
+
+def run_summary(run: str | Path) -> dict[str, float]:
+    """Final and best values of a run's ``metrics.csv``, for W&B summaries and the end-of-fit report.
+
+    For each split (``train``, ``val``, ``test``) with logged values: ``final/<split>_loss``,
+    ``final/<split>_acc`` and ``final/<split>_error`` (1 - acc) from the last logged value;
+    for ``val`` and ``test`` also ``best/<split>_acc`` (max), ``best/<split>_error`` and
+    ``best/<split>_loss`` (min), and ``best/val_epoch`` (epoch of the best val accuracy, else of
+    the lowest val loss).
+    """
+    rows = read_metrics_csv(run) if RunFolder(run).metrics_csv.is_file() else []
+    out: dict[str, float] = {}
+    for split in ("train", "val", "test"):
+        for metric in ("loss", "acc"):
+            values = [r[f"{split}/{metric}"] for r in rows if f"{split}/{metric}" in r]
+            if not values:
+                continue
+            out[f"final/{split}_{metric}"] = values[-1]
+            if metric == "acc":
+                out[f"final/{split}_error"] = 1.0 - values[-1]
+            if split == "train":
+                continue
+            best = max(values) if metric == "acc" else min(values)
+            out[f"best/{split}_{metric}"] = best
+            if metric == "acc":
+                out[f"best/{split}_error"] = 1.0 - best
+    val = [r for r in rows if "val/acc" in r or "val/loss" in r]
+    if val:
+        key, pick = ("val/acc", max) if any("val/acc" in r for r in val) else ("val/loss", min)
+        best_row = pick((r for r in val if key in r), key=lambda r: r[key])
+        if "epoch" in best_row:
+            out["best/val_epoch"] = best_row["epoch"]
     return out
 
 
@@ -158,8 +197,8 @@ def find_runs(paths: Iterable[str | Path], marker: str, what: str) -> list[Path]
         if (path / marker).exists():
             runs.append(path)
             continue
-        runs += sorted(p.parent for p in path.rglob(marker) if (p.parent / "metrics.csv").exists()
-                       or (p.parent / "config.yaml").exists())
+        runs += sorted(p.parent for p in path.rglob(marker) if RunFolder(p.parent).metrics_csv.exists()
+                       or RunFolder(p.parent).config_yaml.exists())
     check(bool(runs), f"no run folder with {marker}/ found", [str(p) for p in paths],
           f"Run with the {what} callback (-c callbacks/{what}.yaml) and give its run or sweep folder.")
     return sorted(set(runs))
@@ -167,13 +206,7 @@ def find_runs(paths: Iterable[str | Path], marker: str, what: str) -> list[Path]
 
 def run_config(run: str | Path) -> dict[str, Any]:
     """``config.yaml`` of a run folder as a dictionary (empty if missing or unreadable)."""
-    import yaml
-
-    path = Path(run) / "config.yaml"
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return {}
+    return RunFolder(run).read_config()
 
 
 def run_width(run: str | Path) -> float | None:
@@ -182,7 +215,7 @@ def run_width(run: str | Path) -> float | None:
     width = (model.get("init_args") or {}).get("width", model.get("width"))
     if isinstance(width, (int, float)):
         return float(width)
-    if (Path(run) / "metrics.csv").is_file():
+    if RunFolder(run).metrics_csv.is_file():
         return final_metrics(run).get("model/width")
     return None
 

@@ -1,0 +1,639 @@
+"""The run folder: one place that names every artifact of a fit and guards the folder.
+
+A run folder (``--trainer.default_root_dir``) belongs to one fit. :class:`RunFolder` names each
+file in it, reads and writes the shared ones, and answers the questions the CLI and the sweep
+ask before a fit touches it (does it hold an earlier run? which checkpoint resumes it? is it
+writable?). :class:`RunLock` keeps two fits out of one folder at the same time.
+
+Layout (names identical to what the callbacks write)::
+
+    config.yaml              the whole resolved config (rerun it with -c)
+    config.yaml.<time>.bak   the config of an earlier fit that this one resumed
+    metrics.csv              one row per logging step (CSV logger)
+    members.csv              per-member metrics, one row per member and epoch (member fits)
+    hparams.yaml             the model's hyperparameters
+    run.lock                 held while a fit runs (host, pid, start time, command)
+    checkpoints/             last.ckpt and epoch=NNN.ckpt
+    imp/                     level_XX/{mask.pt, rewind.pt, final.pt, sparsity.json, metrics.json,
+                             pruned_net.pt}, summary.json, ticket_start.json, ticket_result.json
+    hessian/                 probe_step%08d.npz, density_step%08d.png
+    regions/                 bank.pt, maps_epoch%04d.npz, epoch%04d.png, history.json,
+                             overview.png, filmstrip.png, filmstrip.gif
+    wandb/                   W&B's local files (offline runs upload with ``wandb sync``)
+    done.json                written by scripts/sweep.py when the fit of a grid point exits 0
+
+This module is pure (no Lightning import): the study readers use it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from overparam_lit.utils import ConfigError, atomic_write_json, atomic_write_text, check
+
+__all__ = ["RunFolder", "RunLock", "read_checkpoint", "checkpoint_problem", "LOCK_ENV"]
+
+LOCK_ENV = "OVERPARAM_LIT_RUN_LOCK"
+"""Set by the process that holds a run folder's lock to ``<lock path>|<token>``; DDP child
+processes inherit it and so recognise their parent's lock instead of refusing it."""
+
+
+class RunFolder:
+    """Names and reads/writes the artifacts of one run folder.
+
+    Args:
+        root: the run folder (``--trainer.default_root_dir``).
+
+    Every path is a property or method of this class, so a script or callback never spells a
+    file name itself: ``RunFolder(root).last_ckpt``, ``RunFolder(root).imp_mask(3)``,
+    ``RunFolder.of(trainer).hessian_probe(step)``.
+    """
+
+    CONFIG = "config.yaml"
+    METRICS = "metrics.csv"
+    MEMBERS = "members.csv"
+    HPARAMS = "hparams.yaml"
+    LOCK = "run.lock"
+    CHECKPOINTS = "checkpoints"
+    LAST_CKPT = "last.ckpt"
+    CKPT_FILENAME = "{epoch:03d}"
+    """``ModelCheckpoint(filename=...)`` pattern: it writes ``epoch=NNN.ckpt``."""
+    IMP = "imp"
+    HESSIAN = "hessian"
+    REGIONS = "regions"
+    WANDB = "wandb"
+    DONE = "done.json"
+    RUN_ARTIFACTS = (CONFIG, METRICS, MEMBERS, HPARAMS, CHECKPOINTS, IMP, HESSIAN, REGIONS, WANDB, DONE)
+    """Names whose presence means the folder holds a run (cleared by ``--overwrite``)."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    def of(cls, trainer: Any) -> RunFolder:
+        """The run folder of a Lightning trainer (its ``default_root_dir``)."""
+        return cls(trainer.default_root_dir)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.root)!r})"
+
+    # ---- top-level files -----------------------------------------------------------------
+    @property
+    def config_yaml(self) -> Path:
+        """``config.yaml``: the whole resolved config."""
+        return self.root / self.CONFIG
+
+    @property
+    def metrics_csv(self) -> Path:
+        """``metrics.csv``: one row per logging step."""
+        return self.root / self.METRICS
+
+    @property
+    def members_csv(self) -> Path:
+        """``members.csv``: one row per member and epoch (member fits)."""
+        return self.root / self.MEMBERS
+
+    @property
+    def hparams_yaml(self) -> Path:
+        """``hparams.yaml``: the model's hyperparameters."""
+        return self.root / self.HPARAMS
+
+    @property
+    def lock_file(self) -> Path:
+        """``run.lock``: present while a fit runs in the folder."""
+        return self.root / self.LOCK
+
+    @property
+    def done_json(self) -> Path:
+        """``done.json``: the sweep's completion marker of a grid point."""
+        return self.root / self.DONE
+
+    def config_backups(self) -> list[Path]:
+        """``config.yaml.<time>.bak`` files of earlier fits this folder resumed, oldest first."""
+        return sorted(self.root.glob(f"{self.CONFIG}.*.bak"))
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    @property
+    def checkpoints(self) -> Path:
+        """``checkpoints/``."""
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def last_ckpt(self) -> Path:
+        """``checkpoints/last.ckpt``: the checkpoint a resume starts from."""
+        return self.checkpoints / self.LAST_CKPT
+
+    def epoch_ckpt(self, epoch: int) -> Path:
+        """``checkpoints/epoch=NNN.ckpt``: the state after training epoch ``epoch`` (0-based)."""
+        return self.checkpoints / f"epoch={epoch:03d}.ckpt"
+
+    def checkpoint_files(self) -> list[Path]:
+        """Every ``*.ckpt`` in ``checkpoints/``, newest first (by modification time)."""
+        if not self.checkpoints.is_dir():
+            return []
+        files = [p for p in self.checkpoints.glob("*.ckpt") if p.is_file()]
+        return sorted(files, key=lambda p: (p.stat().st_mtime_ns, p.name == self.LAST_CKPT), reverse=True)
+
+    def newest_intact_checkpoint(self, exclude: str | Path | None = None) -> Path | None:
+        """The newest checkpoint that loads (``None`` if there is none)."""
+        skip = Path(exclude).resolve() if exclude is not None else None
+        for path in self.checkpoint_files():
+            if skip is not None and path.resolve() == skip:
+                continue
+            if checkpoint_problem(path) is None:
+                return path
+        return None
+
+    def resume_checkpoint(self) -> Path | None:
+        """The checkpoint that resumes this run: ``last.ckpt`` when it loads, else the newest
+        intact one (``None`` when the run has none)."""
+        if self.last_ckpt.is_file() and checkpoint_problem(self.last_ckpt) is None:
+            return self.last_ckpt
+        return self.newest_intact_checkpoint()
+
+    def owns(self, path: str | Path) -> bool:
+        """True when ``path`` lies inside this folder's ``checkpoints/``."""
+        try:
+            Path(path).resolve().relative_to(self.checkpoints.resolve())
+        except ValueError:
+            return False
+        return True
+
+    # ---- study artifacts -------------------------------------------------------------------
+    @property
+    def imp(self) -> Path:
+        """``imp/``: iterative magnitude pruning and ticket artifacts."""
+        return self.root / self.IMP
+
+    def imp_level(self, level: int) -> Path:
+        """``imp/level_XX/``."""
+        return self.imp / f"level_{level:02d}"
+
+    def imp_mask(self, level: int) -> Path:
+        """``imp/level_XX/mask.pt``: boolean masks by parameter name."""
+        return self.imp_level(level) / "mask.pt"
+
+    def imp_rewind(self, level: int) -> Path:
+        """``imp/level_XX/rewind.pt``: the state the level started from (the ticket)."""
+        return self.imp_level(level) / "rewind.pt"
+
+    def imp_final(self, level: int) -> Path:
+        """``imp/level_XX/final.pt``: the weights at the end of the level."""
+        return self.imp_level(level) / "final.pt"
+
+    def imp_sparsity(self, level: int) -> Path:
+        """``imp/level_XX/sparsity.json``."""
+        return self.imp_level(level) / "sparsity.json"
+
+    def imp_metrics(self, level: int) -> Path:
+        """``imp/level_XX/metrics.json``."""
+        return self.imp_level(level) / "metrics.json"
+
+    def imp_pruned_net(self, level: int) -> Path:
+        """``imp/level_XX/pruned_net.pt``: the physically smaller net (structured IMP)."""
+        return self.imp_level(level) / "pruned_net.pt"
+
+    def imp_levels(self) -> list[Path]:
+        """Existing ``imp/level_XX/`` folders in level order."""
+        return sorted(p for p in self.imp.glob("level_*") if p.is_dir()) if self.imp.is_dir() else []
+
+    @property
+    def imp_summary(self) -> Path:
+        """``imp/summary.json``: every level with its density and metrics."""
+        return self.imp / "summary.json"
+
+    @property
+    def ticket_start(self) -> Path:
+        """``imp/ticket_start.json``: what a ticket run started from."""
+        return self.imp / "ticket_start.json"
+
+    @property
+    def ticket_result(self) -> Path:
+        """``imp/ticket_result.json``: a ticket run's final metrics."""
+        return self.imp / "ticket_result.json"
+
+    @property
+    def hessian(self) -> Path:
+        """``hessian/``: Hessian probe arrays and pictures."""
+        return self.root / self.HESSIAN
+
+    def hessian_probe(self, step: int) -> Path:
+        """``hessian/probe_step%08d.npz``."""
+        return self.hessian / f"probe_step{step:08d}.npz"
+
+    def hessian_density(self, step: int) -> Path:
+        """``hessian/density_step%08d.png``."""
+        return self.hessian / f"density_step{step:08d}.png"
+
+    @property
+    def regions(self) -> Path:
+        """``regions/``: decision-region snapshots."""
+        return self.root / self.REGIONS
+
+    @property
+    def regions_bank(self) -> Path:
+        """``regions/bank.pt``: the plane bank."""
+        return self.regions / "bank.pt"
+
+    def regions_maps(self, epoch: int) -> Path:
+        """``regions/maps_epoch%04d.npz``."""
+        return self.regions / f"maps_epoch{epoch:04d}.npz"
+
+    def regions_picture(self, epoch: int) -> Path:
+        """``regions/epoch%04d.png``."""
+        return self.regions / f"epoch{epoch:04d}.png"
+
+    @property
+    def regions_history(self) -> Path:
+        """``regions/history.json``."""
+        return self.regions / "history.json"
+
+    @property
+    def regions_overview(self) -> Path:
+        """``regions/overview.png``: planes x snapshots."""
+        return self.regions / "overview.png"
+
+    @property
+    def regions_filmstrip_png(self) -> Path:
+        """``regions/filmstrip.png``."""
+        return self.regions / "filmstrip.png"
+
+    @property
+    def regions_filmstrip_gif(self) -> Path:
+        """``regions/filmstrip.gif``."""
+        return self.regions / "filmstrip.gif"
+
+    @property
+    def wandb(self) -> Path:
+        """``wandb/``: W&B's local run files."""
+        return self.root / self.WANDB
+
+    def wandb_offline_runs(self) -> list[Path]:
+        """``wandb/offline-run-*`` folders, oldest first."""
+        if not self.wandb.is_dir():
+            return []
+        return sorted(p for p in self.wandb.glob("offline-run-*") if p.is_dir())
+
+    def wandb_run_files(self) -> list[Path]:
+        """The ``.wandb`` files of every local W&B run (online or offline), oldest first."""
+        if not self.wandb.is_dir():
+            return []
+        return sorted(self.wandb.glob("*run-*/run-*.wandb"))
+
+    # ---- reading and writing the shared files ----------------------------------------------
+    def read_config(self) -> dict[str, Any]:
+        """``config.yaml`` as a dictionary (empty when missing or unreadable)."""
+        import yaml
+
+        try:
+            return yaml.safe_load(self.config_yaml.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            return {}
+
+    def write_config(self, text: str, keep_old: bool = False) -> Path:
+        """Write ``config.yaml`` atomically; ``keep_old`` first keeps an existing one as
+        ``config.yaml.<time>.bak`` (a resumed fit keeps the config it resumed)."""
+        if keep_old and self.config_yaml.is_file():
+            stamp = int(self.config_yaml.stat().st_mtime)
+            backup = self.root / f"{self.CONFIG}.{stamp}.bak"
+            n = 1
+            while backup.exists():
+                backup = self.root / f"{self.CONFIG}.{stamp}-{n}.bak"
+                n += 1
+            os.replace(self.config_yaml, backup)
+        return atomic_write_text(text, self.config_yaml)
+
+    def read_metrics(self) -> list[dict[str, str]]:
+        """Rows of ``metrics.csv`` as dictionaries of strings (empty when missing)."""
+        return read_csv(self.metrics_csv)
+
+    def read_members(self) -> list[dict[str, str]]:
+        """Rows of ``members.csv`` as dictionaries of strings (empty when missing)."""
+        return read_csv(self.members_csv)
+
+    def read_json(self, path: str | Path) -> Any:
+        """A JSON artifact of this folder (a path relative to the folder, or absolute)."""
+        path = Path(path)
+        return json.loads((path if path.is_absolute() else self.root / path).read_text())
+
+    def read_done(self) -> dict[str, Any] | None:
+        """``done.json`` (``None`` when the point has not finished)."""
+        return self.read_json(self.done_json) if self.done_json.is_file() else None
+
+    def write_done(self, record: dict[str, Any]) -> Path:
+        """Write ``done.json`` atomically."""
+        return atomic_write_json(record, self.done_json)
+
+    # ---- guarding the folder ---------------------------------------------------------------
+    def existing_artifacts(self) -> list[Path]:
+        """The run artifacts present in the folder (what shows it holds a run)."""
+        if not self.root.is_dir():
+            return []
+        found = [self.root / name for name in self.RUN_ARTIFACTS if (self.root / name).exists()]
+        return found + self.config_backups()
+
+    def holds_run(self) -> bool:
+        """True when the folder holds an earlier run (any run artifact)."""
+        return bool(self.existing_artifacts())
+
+    def clear(self) -> list[Path]:
+        """Delete the artifacts of an earlier run (``--overwrite``): every name in
+        :attr:`RUN_ARTIFACTS`, config backups and stale temporary files. Files that are no run
+        artifact (a sweep's logs, the user's notes) stay. Returns what was removed."""
+        removed = self.existing_artifacts()
+        removed += [p for p in self.root.glob(".*.tmp")] if self.root.is_dir() else []
+        for path in removed:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        return removed
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete ``.<name>.*.tmp`` files that a killed fit left half written (call it only
+        while holding the folder's lock). Returns what was removed."""
+        if not self.root.is_dir():
+            return []
+        stale = [p for d in (self.root, self.checkpoints, self.imp, self.hessian, self.regions) if d.is_dir()
+                 for p in d.glob(".*.tmp") if p.is_file()]
+        stale += [p for d in self.imp_levels() for p in d.glob(".*.tmp") if p.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
+
+    def check_writable(self) -> None:
+        """Raise :class:`ConfigError` unless the folder can be created and written.
+
+        Nothing is left behind: a probe file is created in the folder (or in its nearest
+        existing parent) and removed at once.
+        """
+        root = self.root
+        fix = "Choose another --trainer.default_root_dir (or leave it unset for a fresh runs/<time>)."
+        check(not root.exists() or root.is_dir(), "the run folder is a file, not a folder", str(root), fix)
+        probe_dir = root
+        while not probe_dir.exists():
+            parent = probe_dir.parent
+            if parent == probe_dir:
+                break
+            probe_dir = parent
+        check(probe_dir.is_dir(), "a parent of the run folder is a file, not a folder", str(probe_dir), fix)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=probe_dir, prefix=".overparam-lit-probe-")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            what = "the run folder is not writable" if probe_dir == root else (
+                f"the run folder cannot be created: its parent {probe_dir} is not writable")
+            raise ConfigError(f"{what} (got {str(root)!r}: {err.strerror or err}). {fix}") from None
+
+
+def read_csv(path: str | Path) -> list[dict[str, str]]:
+    """Rows of a CSV file as dictionaries of strings (empty when the file is missing)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# ---- checkpoints ---------------------------------------------------------------------------
+def _torch_load(path: Path) -> dict[str, Any]:
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except pickle.UnpicklingError as err:  # readable, but holds objects beyond plain tensors
+        if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
+            raise
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def _inspect_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    if not path.exists():
+        return None, "no such file"
+    if path.is_dir():
+        return None, "it is a folder, not a checkpoint file"
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        return None, f"cannot read it ({err.strerror or err})"
+    if size == 0:
+        return None, "the file is empty (0 bytes)"
+    try:
+        ckpt = _torch_load(path)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, f"it does not load ({type(err).__name__}: {reason[:200]}); it is damaged or truncated"
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return None, "it loads but is not a Lightning checkpoint (no 'state_dict')"
+    return ckpt, None
+
+
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why ``path`` is not a loadable Lightning checkpoint, or ``None`` when it is."""
+    return _inspect_checkpoint(Path(path))[1]
+
+
+def read_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU, or raise :class:`ConfigError` saying what is
+    wrong with it and naming the newest intact checkpoint beside it (the one to resume from)."""
+    path = Path(path)
+    ckpt, problem = _inspect_checkpoint(path)
+    if ckpt is not None:
+        return ckpt
+    folder = path if path.is_dir() else path.parent
+    candidates = [p for p in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+                  if p.is_file() and p.resolve() != path.resolve()] if folder.is_dir() else []
+    intact = next((p for p in candidates if checkpoint_problem(p) is None), None)
+    if intact is not None:
+        fix = f"The newest intact checkpoint there is {intact}: resume with {option} {intact}."
+    elif path.is_dir():
+        fix = f"Give a checkpoint file, e.g. {option} {path / RunFolder.LAST_CKPT}."
+    else:
+        fix = "No intact checkpoint lies beside it: start the fit again without " + option + "."
+    raise ConfigError(f"{option} cannot be read: {problem} (got {str(path)!r}). {fix}")
+
+
+# ---- the lock ------------------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """A lock file that keeps a second fit out of a busy run folder.
+
+    ``acquire`` creates ``run.lock`` holding ``host``, ``pid``, ``token``, the start time and the
+    command, and holds an exclusive ``fcntl.flock`` on it while the fit runs; a process that dies
+    (even by SIGKILL) drops the flock with it, so its stale file is taken over. Where ``flock`` is
+    missing the file is created with ``O_CREAT|O_EXCL`` and a stale one (dead pid, same host) is
+    replaced. The holder exports :data:`LOCK_ENV`; DDP child processes inherit it and accept
+    their parent's lock (:attr:`inherited` is then true and they hold nothing).
+
+    Args:
+        path: the lock file (``RunFolder(root).lock_file``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self.held = False
+        self.inherited = False
+        self._fd: int | None = None
+
+    def read(self) -> dict[str, Any]:
+        """The lock file's record (empty when missing or unreadable)."""
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def _inherited_token(self) -> str | None:
+        value = os.environ.get(LOCK_ENV, "")
+        where, _, token = value.rpartition("|")
+        if where and Path(where) == self.path.resolve():
+            return token
+        return None
+
+    def _record(self) -> str:
+        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}) + "\n"
+
+    def _busy(self, info: dict[str, Any]) -> ConfigError:
+        who = f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
+        since = f" since {info['started']}" if info.get("started") else ""
+        return ConfigError(
+            f"the run folder is in use by another fit ({who}{since}; lock file {self.path}) "
+            f"(got {str(self.path.parent)!r}). Wait for that fit to end, or choose another "
+            "--trainer.default_root_dir; if that process is gone (another host that crashed), delete "
+            "the lock file.")
+
+    def check_free(self) -> None:
+        """Raise the "in use" :class:`ConfigError` when another fit holds the lock now; writes
+        nothing (the file is only opened for reading). A lock this process inherited is free."""
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            info = self._wait_for_record()
+            if info.get("token") != self._inherited_token():
+                raise self._busy(info) from None
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def acquire(self) -> RunLock:
+        """Take the lock, or accept the parent's (DDP child); :class:`ConfigError` when busy."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        inherited = self._inherited_token()
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is None:  # pragma: no cover - not POSIX
+            return self._acquire_exclusive(inherited)
+        for _ in range(20):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                info = self._wait_for_record()
+                if inherited is not None and info.get("token") == inherited:
+                    self.inherited = True
+                    return self
+                raise self._busy(info) from None
+            try:  # the holder may have unlinked the file between our open and our flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            os.ftruncate(fd, 0)
+            os.write(fd, self._record().encode())
+            os.fsync(fd)
+            self._fd, self.held = fd, True
+            os.environ[LOCK_ENV] = f"{self.path.resolve()}|{self.token}"
+            return self
+        raise ConfigError(f"the run folder's lock file keeps changing (got {str(self.path)!r}). "
+                          "Another process is starting fits in this folder; stop it or use another folder.")
+
+    def _wait_for_record(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        for _ in range(50):  # the holder writes its record right after taking the flock
+            info = self.read()
+            if info.get("token"):
+                break
+            time.sleep(0.01)
+        return info
+
+    def _acquire_exclusive(self, inherited: str | None) -> RunLock:  # pragma: no cover - not POSIX
+        for _ in range(20):
+            try:
+                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                info = self._wait_for_record()
+                if inherited is not None and info.get("token") == inherited:
+                    self.inherited = True
+                    return self
+                stale = info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0)))
+                if stale:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(self.path)
+                    continue
+                raise self._busy(info) from None
+            os.write(fd, self._record().encode())
+            os.fsync(fd)
+            os.close(fd)
+            self.held = True
+            os.environ[LOCK_ENV] = f"{self.path.resolve()}|{self.token}"
+            return self
+        raise ConfigError(f"the run folder's lock file keeps changing (got {str(self.path)!r}). "
+                          "Another process is starting fits in this folder; stop it or use another folder.")
+
+    def release(self) -> None:
+        """Drop the lock (a no-op for an inherited or unheld lock)."""
+        if not self.held:
+            return
+        if self.read().get("token") == self.token:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        self.held = False
+        if os.environ.get(LOCK_ENV, "").endswith(f"|{self.token}"):
+            del os.environ[LOCK_ENV]
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
