@@ -859,6 +859,15 @@ def _help_with_commands() -> None:
             print(f"  {cmd.name.ljust(width)}  {cmd.help}")
 
 
+def _export(argv: list[str]) -> int | None:
+    from overparam_lit.models.export import main as export_main
+
+    return export_main(argv)
+
+
+register_command("export", _export, "write one member of a members fit as a checkpoint of its model class")
+
+
 def main(args: list[str] | None = None) -> int | None:
     """Console entry point: run a registered command or the CLI, printing bad-input errors as
     one paragraph (exit code 2). A registered command's non-zero exit code is raised as
@@ -871,7 +880,11 @@ def main(args: list[str] | None = None) -> int | None:
         sys.path.insert(0, os.getcwd())
     argv = list(sys.argv[1:] if args is None else args)
     if argv and argv[0] in COMMANDS:
-        code = COMMANDS[argv[0]].run(argv[1:])
+        try:
+            code = COMMANDS[argv[0]].run(argv[1:])
+        except ConfigError as err:
+            print(f"overparam-lit {argv[0]}: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         if code:
             raise SystemExit(code)
         return 0

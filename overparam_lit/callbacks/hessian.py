@@ -25,8 +25,9 @@ from overparam_lit.curvature.probe import (
     stacked_arrays,
 )
 from overparam_lit.curvature.spectrum import SpectrumSummary
+from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import ProbeSchedule, log_spaced
-from overparam_lit.utils import ConfigError, atomic_save_npz, check, log_image, log_scalars, run_dir
+from overparam_lit.utils import ConfigError, atomic_save_npz, check, log_image, log_scalars
 
 Schedule = Literal["epochs", "steps", "log_steps"]
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -280,7 +281,7 @@ class HessianProbe(L.Callback):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, summaries: list[SpectrumSummary],
               layers: dict[str, list[float]], step: int) -> None:
-        folder = run_dir(trainer) / "hessian"
+        run = RunFolder.of(trainer)
         stacked = getattr(pl_module, "members", None) is not None
         arrays = stacked_arrays(summaries) if stacked else summaries[0].arrays()
         arrays.update(step=np.int64(step), epoch=np.int64(trainer.current_epoch))
@@ -297,9 +298,9 @@ class HessianProbe(L.Callback):
             if self.save_figure:
                 labels = [f"w{r['width']} s{r['seed']}" for r in pl_module.member_rows()] if stacked else [""]
                 path = density_figure(summaries, grid, dens, sigma, labels, step,
-                                      folder / f"density_step{step:08d}.png")
+                                      run.hessian_density(step))
                 log_image(trainer, "hessian/density", path, caption=f"step {step}")
-        atomic_save_npz(folder / f"probe_step{step:08d}.npz", **arrays)
+        atomic_save_npz(run.hessian_probe(step), **arrays)
 
     # ---- checkpoint state -------------------------------------------------------------------
     @override

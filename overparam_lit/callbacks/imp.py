@@ -20,7 +20,8 @@ from typing_extensions import override
 from overparam_lit import pruning
 from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_members, module_state
 from overparam_lit.compat import fresh_optimizers
-from overparam_lit.utils import ConfigError, atomic_save, atomic_write_json, check, log_scalars, run_dir
+from overparam_lit.runfolder import RunFolder
+from overparam_lit.utils import ConfigError, atomic_save, atomic_write_json, check, log_scalars
 
 REWIND_MODES = ("weights", "lr", "finetune")
 GRANULARITIES = ("unstructured", "structured")
@@ -185,9 +186,6 @@ class IterativeMagnitudePruning(MaskedTraining):
         self.schedule.check_counts(counts, layerwise=self.scope == "layerwise")
         return levels
 
-    def _level_dir(self, trainer: L.Trainer, level: int):
-        return run_dir(trainer) / "imp" / f"level_{level:02d}"
-
     # ---- training hooks -----------------------------------------------------------------
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -250,9 +248,9 @@ class IterativeMagnitudePruning(MaskedTraining):
         log_scalars(trainer, log)
         if trainer.global_rank != 0:
             return
-        d = self._level_dir(trainer, state.level)
+        run, level = RunFolder.of(trainer), state.level
         if self.save_final_weights:
-            atomic_save(module_state(pl_module), d / "final.pt")
+            atomic_save(module_state(pl_module), run.imp_final(level))
         reports = state.reports()
         report: dict[str, Any] = reports[0] if len(reports) == 1 and state.num_members is None \
             else {"members": reports}
@@ -262,11 +260,10 @@ class IterativeMagnitudePruning(MaskedTraining):
             example = torch.zeros(1, *pl_module.input_shape, device=pl_module.device)
             small = pruning.export_pruned(net, example, state.keep, prefix="net.")
             record["exported_params"] = sum(p.numel() for p in small.parameters())
-            atomic_save(small.cpu(), d / "pruned_net.pt")
-        atomic_write_json(report, d / "sparsity.json")
-        atomic_write_json(record, d / "metrics.json")
-        atomic_write_json({"config": self._config(), "levels": state.history},
-                          run_dir(trainer) / "imp" / "summary.json")
+            atomic_save(small.cpu(), run.imp_pruned_net(level))
+        atomic_write_json(report, run.imp_sparsity(level))
+        atomic_write_json(record, run.imp_metrics(level))
+        atomic_write_json({"config": self._config(), "levels": state.history}, run.imp_summary)
 
     def _config(self) -> dict[str, Any]:
         return {"levels": self.levels, "schedule": self.schedule.kind, "densities": self.schedule.all(),
@@ -305,9 +302,9 @@ class IterativeMagnitudePruning(MaskedTraining):
     def _write_level_start(self, trainer: L.Trainer, level: int, start: dict[str, Tensor]) -> None:
         if trainer.global_rank != 0:
             return
-        d = self._level_dir(trainer, level)
-        atomic_save({n: m.cpu() for n, m in self.levels_state.masks.items()}, d / "mask.pt")
-        atomic_save(start, d / "rewind.pt")
+        run = RunFolder.of(trainer)
+        atomic_save({n: m.cpu() for n, m in self.levels_state.masks.items()}, run.imp_mask(level))
+        atomic_save(start, run.imp_rewind(level))
 
     # ---- checkpoint state ---------------------------------------------------------------
     @override

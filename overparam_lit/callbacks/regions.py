@@ -21,8 +21,9 @@ from overparam_lit.regions import (
     map_bytes,
     measure,
 )
+from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import ProbeSchedule
-from overparam_lit.utils import atomic_save_npz, atomic_write_json, check, log_image, log_scalars, run_dir
+from overparam_lit.utils import atomic_save_npz, atomic_write_json, check, log_image, log_scalars
 
 
 class DecisionRegions(L.Callback):
@@ -116,7 +117,7 @@ class DecisionRegions(L.Callback):
         return self.plan.resolve(max_epochs)
 
     def _bank_file(self, trainer: L.Trainer) -> Path:
-        return Path(self.bank_path) if self.bank_path else run_dir(trainer) / "regions" / "bank.pt"
+        return Path(self.bank_path) if self.bank_path else RunFolder.of(trainer).regions_bank
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -200,8 +201,8 @@ class DecisionRegions(L.Callback):
         self.prev_pred = torch.from_numpy(maps.pred).clone()
         metrics = {"regions/epoch": float(epoch), **snap.metrics}
         log_scalars(trainer, metrics, step=trainer.global_step)
-        out = run_dir(trainer) / "regions"
-        npz = out / f"maps_epoch{epoch:04d}.npz"
+        run = RunFolder.of(trainer)
+        npz = run.regions_maps(epoch)
         atomic_save_npz(npz, epoch=np.int64(epoch), step=np.int64(trainer.global_step),
                         **snap.arrays, **maps.arrays())
         entry: dict[str, Any] = {"epoch": epoch, "step": int(trainer.global_step), "maps": npz.name,
@@ -214,7 +215,7 @@ class DecisionRegions(L.Callback):
             first = maps.pred if rows is None else maps.pred[0]
             conf = maps.confidence if rows is None else maps.confidence[0]
             planes = list(range(min(self.render_planes, self.bank.num_planes)))
-            png = render.plane_row(first, self.bank, planes, self.num_classes, out / f"epoch{epoch:04d}.png",
+            png = render.plane_row(first, self.bank, planes, self.num_classes, run.regions_picture(epoch),
                                    confidence=conf, cell=4.0 if len(planes) == 1 else 2.2,
                                    title=f"epoch {epoch}: {metrics['regions/fragmentation']:.2f} regions "
                                    "per class" + ("" if rows is None else " (member mean; member 0 shown)"))
@@ -223,21 +224,21 @@ class DecisionRegions(L.Callback):
                 log_image(trainer, "regions/planes", png, caption=f"epoch {epoch}")
         self.history.append(entry)
         atomic_write_json({"bank": str(self._bank_file(trainer)), "snapshots": self.history},
-                          out / "history.json")
+                          run.regions_history)
 
     def _render_summary(self, trainer: L.Trainer) -> None:
         from overparam_lit.regions import render
 
         assert self.bank is not None
-        out = run_dir(trainer) / "regions"
-        done = [h for h in self.history if "maps" in h and (out / h["maps"]).exists()]
+        run = RunFolder.of(trainer)
+        done = [h for h in self.history if "maps" in h and (run.regions / h["maps"]).exists()]
         if not done:
             return
-        preds = [load_label_maps(str(out / h["maps"])).pred for h in done]
+        preds = [load_label_maps(str(run.regions / h["maps"])).pred for h in done]
         preds = [p if p.ndim == 3 else p[0] for p in preds]
         planes = list(range(min(self.render_planes, self.bank.num_planes)))
         pics = render.summary_pictures(preds, [f"epoch {h['epoch']}" for h in done], self.bank, planes,
-                                       self.film_plane, self.num_classes, out)
+                                       self.film_plane, self.num_classes, run.regions)
         if self.log_images:
             log_image(trainer, "regions/overview", pics["overview"])
             log_image(trainer, "regions/filmstrip", pics["filmstrip"])

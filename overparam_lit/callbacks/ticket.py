@@ -12,7 +12,8 @@ from typing_extensions import override
 from overparam_lit import pruning
 from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_members
 from overparam_lit.models.stack import control_seed
-from overparam_lit.utils import atomic_write_json, check, log_scalars, run_dir
+from overparam_lit.runfolder import RunFolder
+from overparam_lit.utils import atomic_write_json, check, log_scalars
 
 
 class TicketStart(MaskedTraining):
@@ -83,7 +84,7 @@ class TicketStart(MaskedTraining):
             self.masks = {n: m.cpu() for n, m in broadcast_masks(trainer, self.masks).items()}
         self._bind(pl_module)
         if trainer.global_rank == 0:
-            atomic_write_json(self._info, run_dir(trainer) / "imp" / "ticket_start.json")
+            atomic_write_json(self._info, RunFolder.of(trainer).ticket_start)
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -97,7 +98,7 @@ class TicketStart(MaskedTraining):
                                  for i, row in enumerate(pl_module.member_rows())]
         log_scalars(trainer, {f"ticket/{k.replace('/', '_')}": v for k, v in means.items()})
         if trainer.global_rank == 0:
-            atomic_write_json(result, run_dir(trainer) / "imp" / "ticket_result.json")
+            atomic_write_json(result, RunFolder.of(trainer).ticket_result)
 
     @override
     def state_dict(self) -> dict[str, Any]:

@@ -441,7 +441,11 @@ class OverparamModule(L.LightningModule):
         self.log_model_size()
 
     def log_model_size(self) -> None:
-        """Log ``model/num_params`` and ``model/width`` once, to every logger (member means)."""
+        """Log ``model/num_params`` and ``model/width`` (member means) to every logger, once per
+        trainer (a fit followed by its test logs them once)."""
+        if getattr(self.trainer, "_overparam_logged_size", False):
+            return
+        self.trainer._overparam_logged_size = True
         if self.trainer.global_rank == 0:
             widths = [r["width"] for r in self.member_rows()]
             for logger in self.trainer.loggers:
