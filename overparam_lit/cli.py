@@ -49,8 +49,13 @@ FRAGMENTS = Path(__file__).resolve().parent / "fragments"
 """Packaged copies of the repository's ``callbacks/*.yaml`` and ``configs/*.yaml`` (links to them
 in a source checkout), used when ``-c callbacks/imp.yaml`` is not found from the working folder."""
 
-MODEL_CHANGING_CALLBACKS = ("IterativeMagnitudePruning", "TicketStart")
-"""Callbacks whose checkpoint state changes the model (masks): resuming without them is refused."""
+MODEL_CHANGING_CALLBACKS = {"IterativeMagnitudePruning": "imp", "TicketStart": "ticket", "Widen": "widen"}
+"""Callbacks whose checkpoint state changes the model (masks, a widened network), with their
+fragments: resuming without them is refused."""
+
+LATE_CHECKED = ("input_shape", "num_classes", "task", "seeds", "widths")
+"""Model hyperparameters a checkpoint is compared on only once the model is built (they are linked
+from the data module or resolved from the config's value)."""
 
 
 # ---- extra subcommands ---------------------------------------------------------------------------
@@ -279,7 +284,8 @@ def check_checkpoint_matches(ckpt: Mapping[str, Any], model: Mapping[str, Any], 
         diffs.append(f"model class: checkpoint {saved_class}, config {class_path}")
     args = dict(model.get("init_args") or {})
     for key, saved in hparams.items():
-        if key.startswith("_") or key not in args:
+        # linked data values and members' resolved lists are compared once the model is built
+        if key.startswith("_") or key not in args or key in LATE_CHECKED:
             continue
         if _plain(saved) != _plain(_as_dict(args[key])):
             diffs.append(f"model.{key}: checkpoint {saved!r}, config {_plain(args[key])!r}")
@@ -295,11 +301,11 @@ def check_checkpoint_callbacks(ckpt: Mapping[str, Any], callbacks: Any, ckpt_pat
     configured = {str(_as_dict(c).get("class_path", "")).rsplit(".", 1)[-1] for c in specs
                   if isinstance(_as_dict(c), Mapping)}
     configured |= {type(c).__name__ for c in specs if isinstance(c, Callback)}
-    for name in MODEL_CHANGING_CALLBACKS:
+    for name, fragment in MODEL_CHANGING_CALLBACKS.items():
         if any(k == name or k.startswith(name + "{") for k in saved):
-            fragment = "imp" if name == "IterativeMagnitudePruning" else "ticket"
             check(name in configured, f"--ckpt_path was written by a fit with {name}, which is not "
-                  "configured now: its masks would not be applied and pruned weights would come back",
+                  "configured now: the network it changed would not be restored (pruned weights would "
+                  "come back, a widened network would not load)",
                   ckpt_path, f"Resume with the same callbacks (add -c callbacks/{fragment}.yaml, or -c "
                   "<run>/config.yaml).")
 

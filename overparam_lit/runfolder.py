@@ -17,6 +17,7 @@ Layout (names identical to what the callbacks write)::
     imp/                     level_XX/{mask.pt, rewind.pt, final.pt, sparsity.json, metrics.json,
                              pruned_net.pt}, summary.json, ticket_start.json, ticket_result.json
     hessian/                 probe_step%08d.npz, density_step%08d.png
+    widen/                   widen.json (the Widen callback's record)
     regions/                 bank.pt, maps_epoch%04d.npz, epoch%04d.png, history.json,
                              overview.png, filmstrip.png, filmstrip.gif
     wandb/                   W&B's local files (offline runs upload with ``wandb sync``)
@@ -72,9 +73,11 @@ class RunFolder:
     IMP = "imp"
     HESSIAN = "hessian"
     REGIONS = "regions"
+    WIDEN = "widen"
     WANDB = "wandb"
     DONE = "done.json"
-    RUN_ARTIFACTS = (CONFIG, METRICS, MEMBERS, HPARAMS, CHECKPOINTS, IMP, HESSIAN, REGIONS, WANDB, DONE)
+    RUN_ARTIFACTS = (CONFIG, METRICS, MEMBERS, HPARAMS, CHECKPOINTS, IMP, HESSIAN, REGIONS, WIDEN, WANDB,
+                     DONE)
     """Names whose presence means the folder holds a run (cleared by ``--overwrite``)."""
 
     def __init__(self, root: str | Path) -> None:
@@ -273,6 +276,16 @@ class RunFolder:
     def regions_filmstrip_gif(self) -> Path:
         """``regions/filmstrip.gif``."""
         return self.regions / "filmstrip.gif"
+
+    @property
+    def widen(self) -> Path:
+        """Folder of the Widen callback's artifacts."""
+        return self.root / self.WIDEN
+
+    @property
+    def widen_json(self) -> Path:
+        """``widen/widen.json``: when and how the network was widened."""
+        return self.widen / "widen.json"
 
     @property
     def wandb(self) -> Path:

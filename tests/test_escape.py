@@ -1,32 +1,37 @@
-"""Escape-dimension toolkit: seed ensembles equal separate runs; widening preserves the function;
-duplicate widening at a critical point gives a line of critical points whose splitting curvature
-matches the closed form of Fukumizu & Amari (2000)."""
+"""Escape-dimension toolkit: widening preserves the function; duplicate widening at a critical point
+gives a line of critical points whose splitting curvature matches the closed form of Fukumizu & Amari
+(2000); unit choice, split directions and resizing are exact; success statistics match hand
+computations and scipy."""
 
 from __future__ import annotations
 
 import copy
-import json
 
-import lightning as L
 import pytest
 import torch
 from torch import nn
 
 from overparam_lit.curvature import HessianOperator, lanczos
-from overparam_lit.data import TeacherStudent
 from overparam_lit.escape import (
-    StackedEnsemble,
     add_units,
+    choose_units,
+    growth,
     hidden_layers,
+    hidden_sizes,
     make_teacher_data,
-    seed_nets,
+    multistart_prediction,
+    nudge_,
+    random_direction,
+    relative_losses,
+    resize_to,
+    split_direction,
     success_interval,
+    success_rates,
     widen,
+    widen_layers,
 )
 from overparam_lit.escape.critical import polish_to_critical_point
-from overparam_lit.escape.ensemble import fit_ensemble
 from overparam_lit.models import CNN, MLP
-from overparam_lit.models.ensemble import SeedEnsemble
 from overparam_lit.utils import ConfigError
 
 MSE = nn.functional.mse_loss
@@ -37,94 +42,70 @@ def _mlp(width: int, depth: int = 1, act: str = "relu", d: int = 2, out: int = 1
                task="regression")
 
 
-# ---- seed ensembles ---------------------------------------------------------------------------
-def test_stacked_forward_matches_members() -> None:
-    nets = seed_nets(lambda: _mlp(6, depth=2).net, [3, 4, 5])
-    ens = StackedEnsemble(nets)
-    x = torch.randn(3, 17, 2)
-    ref = torch.stack([n(x[i]) for i, n in enumerate(nets)])
-    torch.testing.assert_close(ens(x), ref, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(ens(x[0], shared=True), torch.stack([n(x[0]) for n in nets]),
-                               atol=1e-6, rtol=1e-6)
-    # seed_nets reproduces the init of a single run seeded the same way
-    torch.manual_seed(4)
-    single = _mlp(6, depth=2).net
-    for a, b in zip(single.parameters(), ens.member(1).parameters(), strict=True):
-        assert torch.equal(a, b)
-
-
-def test_stacked_vmap_path_for_cnn() -> None:
-    nets = seed_nets(lambda: CNN(width=2, input_shape=(1, 16), num_classes=3).net, [0, 1])
-    for n in nets:
-        n.eval()
-    ens = StackedEnsemble(nets).eval()
-    assert ens._plan is None  # generic torch.func.vmap path
-    x = torch.randn(5, 1, 16)
-    torch.testing.assert_close(ens(x, shared=True), torch.stack([n(x) for n in nets]), atol=1e-6, rtol=1e-6)
-
-
-def test_fit_ensemble_equals_separate_loops() -> None:
-    data = make_teacher_data(2, 3, "tanh", n_train=64, n_test=8, data_seed=1)
-    seeds = [0, 1, 2]
-    nets = seed_nets(lambda: _mlp(4, act="tanh").net, seeds)
-    ens = StackedEnsemble(copy.deepcopy(nets))
-    final, _ = fit_ensemble(ens, data.x_train, data.y_train, steps=40, lr=1e-2, batch_size=16,
-                            order_seeds=seeds)
-    for i, (s, net) in enumerate(zip(seeds, nets, strict=True)):  # independent single-seed loops
-        opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-        gen, pos, perm = torch.Generator().manual_seed(s), 64, None
-        for _ in range(40):
-            if pos + 16 > 64:
-                perm, pos = torch.randperm(64, generator=gen), 0
-            idx = perm[pos : pos + 16]
-            pos += 16
-            loss = MSE(net(data.x_train[idx]), data.y_train[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        for a, b in zip(net.parameters(), ens.member(i).parameters(), strict=True):
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(final[i], MSE(net(data.x_train), data.y_train).detach(),
-                                   atol=1e-6, rtol=1e-4)
-
-
-def _trainer(root: str, epochs: int = 3) -> L.Trainer:
-    return L.Trainer(max_epochs=epochs, logger=False, enable_checkpointing=False,
-                     enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-                     num_sanity_val_steps=0, accelerator="cpu")
-
-
-def test_seed_ensemble_module_equals_single_seed_fits(tmp_path) -> None:
-    def opt(p):
-        return torch.optim.Adam(p, lr=1e-2)
-
-    kw = dict(width=5, depth=1, input_shape=(2,), num_classes=1, task="regression", optimizer=opt)
-    dkw = dict(input_dim=2, teacher_width=4, n_train=120, n_test=40, batch_size=40)
-    seeds = [0, 3, 7]
-    ens = SeedEnsemble(seeds=seeds, success_threshold=0.5, **kw)
-    _trainer(str(tmp_path / "ens")).fit(ens, TeacherStudent(**dkw))
-    summary = json.loads((tmp_path / "ens" / "ensemble" / "summary.json").read_text())
-    for i, s in enumerate(seeds):
-        L.seed_everything(s, verbose=False)
-        single = MLP(**kw)
-        dm = TeacherStudent(shuffle_seed=s, **dkw)
-        _trainer(str(tmp_path / f"single{s}")).fit(single, dm)
-        for a, b in zip(single.net.parameters(), ens.member(i).parameters(), strict=True):
-            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
-        x, y, _ = dm.probe_set(None)
-        loss = float(MSE(single(x), y))
-        assert summary["final_loss"][i] == pytest.approx(loss, rel=1e-4)
-        rel = loss / float(y.var(unbiased=False))
-        assert summary["success"][i] == (rel < 0.5)
-    assert summary["successes"] == sum(summary["success"])
-
-
+# ---- success statistics ----------------------------------------------------------------------
 def test_success_interval_wilson() -> None:
     p, lo, hi = success_interval(10, 50)
     assert p == 0.2
     # Wilson 95% interval for 10/50 (closed form)
     assert lo == pytest.approx(0.1124, abs=1e-3) and hi == pytest.approx(0.3304, abs=1e-3)
-    assert success_interval(0, 50)[1] == pytest.approx(0.0, abs=1e-12)
+    assert success_interval(0, 50)[1] == 0.0 and success_interval(50, 50)[2] == 1.0
+
+
+@pytest.mark.parametrize(("k", "n", "conf"), [(0, 50, 0.95), (10, 50, 0.95), (37, 40, 0.9), (5, 5, 0.99),
+                                              (1, 3, 0.68)])
+def test_success_interval_equals_scipy_wilson(k: int, n: int, conf: float) -> None:
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=conf, method="wilson")
+    p, lo, hi = success_interval(k, n, conf)
+    assert p == k / n
+    assert lo == pytest.approx(float(ci.low), abs=1e-12) and hi == pytest.approx(float(ci.high), abs=1e-12)
+
+
+def test_success_rates_count_by_width() -> None:
+    rows = [  # strings, as members.csv gives them; 6 < 7 and nan fail at threshold 0.01
+        {"width": "4", "seed": "0", "relative_loss": "0.002"},
+        {"width": "4", "seed": "1", "relative_loss": "0.5"},
+        {"width": "4", "seed": "2", "relative_loss": "nan"},
+        {"width": "4", "seed": "3", "relative_loss": "0.0099"},
+        {"width": "8", "seed": "0", "relative_loss": 1e-5},
+        {"width": "8", "seed": "1", "relative_loss": 0.01},  # not below the threshold
+        {"width": "16", "seed": "0", "relative_loss": 0.0},
+    ]
+    out = success_rates(rows, threshold=0.01)
+    assert [(r["width"], r["successes"], r["trials"]) for r in out] == [(4, 2, 4), (8, 1, 2), (16, 1, 1)]
+    for r in out:
+        assert (r["rate"], r["low"], r["high"]) == success_interval(r["successes"], r["trials"])
+    by_seed = success_rates(rows, threshold=0.01, by="seed")
+    assert [(r["seed"], r["successes"], r["trials"]) for r in by_seed] == [(0, 3, 3), (1, 0, 2), (2, 0, 1),
+                                                                          (3, 1, 1)]
+    with pytest.raises(ConfigError, match="appears twice"):
+        success_rates(rows + [rows[0]], threshold=0.01)
+    with pytest.raises(ConfigError, match="lacks the columns"):
+        success_rates([{"width": 4, "seed": 0, "train/loss": 0.1}], threshold=0.01)
+    torch.testing.assert_close(relative_losses(torch.tensor([0.2, 0.4]), 0.4), torch.tensor([0.5, 1.0]))
+
+
+def test_multistart_prediction_by_hand() -> None:
+    # width 6, r* = 4: C(6, 4) = 15 subnetworks; p = 0.2 -> 1 - 0.8^15
+    got = multistart_prediction(0.2, 6, 4, interval=(0.1, 0.35))
+    assert got["subnetworks"] == 15 and got["width"] == 6 and got["r_star"] == 4
+    assert got["prediction"] == pytest.approx(1 - 0.8**15, rel=1e-12)
+    assert got["low"] == pytest.approx(1 - 0.9**15, rel=1e-12)
+    assert got["high"] == pytest.approx(1 - 0.65**15, rel=1e-12)
+    assert got["low"] <= got["prediction"] <= got["high"]
+    same = multistart_prediction(0.3, 4, 4)  # n = r*: one subnetwork, the rate itself
+    assert same["prediction"] == pytest.approx(0.3) and same["low"] is None
+    assert multistart_prediction(0.0, 10, 4)["prediction"] == 0.0
+    assert multistart_prediction(1.0, 10, 4)["prediction"] == 1.0
+    tiny = multistart_prediction(1e-12, 5, 4)  # no cancellation: 5 * 1e-12
+    assert tiny["prediction"] == pytest.approx(5e-12, rel=1e-9)
+    huge = multistart_prediction(1e-3, 2000, 1000)  # C(2000, 1000) overflows a float
+    assert huge["prediction"] == 1.0
+    with pytest.raises(ConfigError, match="n must be an integer >= r_star"):
+        multistart_prediction(0.2, 3, 4)
+    with pytest.raises(ConfigError, match="low <= p <= high"):
+        multistart_prediction(0.2, 6, 4, interval=(0.3, 0.4))
 
 
 # ---- widening ---------------------------------------------------------------------------------
@@ -155,6 +136,81 @@ def test_widen_cnn_channels_preserves_outputs(method: str, shape: tuple[int, ...
         widen(m, 3, method)
         assert [h.size for h in hidden_layers(m.net)] == [3, 6, 12, 24]
         torch.testing.assert_close(m(x).detach(), before, atol=1e-6, rtol=0)
+
+
+def test_growth_in_proportion_or_one_layer() -> None:
+    cnn = CNN(width=2, input_shape=(1, 20), num_classes=3)
+    assert growth(cnn.net, 1, width=2) == [1, 2, 4, 8]
+    assert growth(cnn.net, 3, layer=2) == [0, 0, 3, 0]
+    assert growth(_mlp(4, depth=2).net, 2) == [2, 2]
+    with pytest.raises(ConfigError, match="cannot grow in proportion"):
+        growth(CNN(width=2, input_shape=(1, 20), num_classes=3).net, 1, width=4)  # 2 * 1 / 4
+    with pytest.raises(ConfigError, match="hidden layer index out of range"):
+        growth(_mlp(4).net, 1, layer=1)
+
+
+def test_choose_units_by_rule() -> None:
+    net = _mlp(4, out=2).net
+    with torch.no_grad():
+        net[3].weight.copy_(torch.tensor([[0.1, -3.0, 0.5, 2.0], [0.0, 0.0, -0.5, 2.0]]))
+    # outgoing norms: 0.1, 3.0, 0.707, 2.83 -> largest first: 1, 3, 2, 0, then again
+    assert choose_units(net, 0, 6, "largest") == [1, 3, 2, 0, 1, 3]
+    drawn = choose_units(net, 0, 4, "random", torch.Generator().manual_seed(5))
+    assert sorted(drawn) == [0, 1, 2, 3]
+    assert drawn == torch.randperm(4, generator=torch.Generator().manual_seed(5)).tolist()
+    assert choose_units(net, 0, 3, 2) == [2, 2, 2] and choose_units(net, 0, 2, [3, 0]) == [3, 0]
+    with pytest.raises(ConfigError, match="unit index out of range"):
+        choose_units(net, 0, 1, 4)
+    with pytest.raises(ConfigError, match="source units"):
+        choose_units(net, 0, 2, [1])
+
+
+def test_repeated_splits_keep_the_function_and_split_direction_is_flat_to_first_order() -> None:
+    torch.manual_seed(0)
+    net = _mlp(3, depth=2, act="tanh", d=3, out=2).net.double()
+    x = torch.randn(50, 3, dtype=torch.float64)
+    both = widen_layers(net, [2, 1], "duplicate", ratio=0.3, unit="random")
+    assert hidden_sizes(both.net) == [5, 4] and [len(s) for s in both.sources] == [2, 1]
+    torch.testing.assert_close(both.net(x), net(x), atol=1e-12, rtol=0)
+    res = widen_layers(net, [3, 0], "duplicate", ratio=0.3, unit=[1, 1, 0])
+    assert hidden_sizes(res.net) == [6, 3] and res.sources == [[1, 1, 0], []]
+    # unit 1 split twice: shares 0.3 * 0.3, copies 0.7 and 0.3 * 0.7; unit 0 once
+    assert res.shares[0] == pytest.approx([0.3, 0.09, 1.0, 0.7, 0.21, 0.7])
+    torch.testing.assert_close(res.net(x), net(x), atol=1e-12, rtol=0)
+    d = split_direction(res, torch.Generator().manual_seed(1))
+    params = dict(res.net.named_parameters())
+
+    def out(t: float) -> torch.Tensor:
+        moved = {n: p + t * d[n] for n, p in params.items()}
+        return torch.func.functional_call(res.net, moved, (x,))
+
+    zero, one = torch.tensor(0.0, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    jvp = torch.func.jvp(out, (zero,), (one,))[1]
+    assert float(jvp.abs().max()) < 1e-12  # the outputs do not move to first order
+    assert float(sum(v.abs().sum() for v in d.values())) > 0
+    moved = copy.deepcopy(res.net)
+    norm = nudge_(moved, d, 1e-3)
+    pairs = zip(moved.parameters(), res.net.parameters(), strict=True)
+    step = torch.cat([(a - b).reshape(-1) for a, b in pairs])
+    assert norm > 0 and float(step.norm()) == pytest.approx(1e-3, rel=1e-9)
+    r = random_direction(res.net, torch.Generator().manual_seed(2))
+    assert set(r) == set(params) and all(r[n].shape == p.shape for n, p in params.items())
+
+
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_resize_to_rebuilds_a_widened_network(family: str) -> None:
+    torch.manual_seed(0)
+    net = (_mlp(3, depth=2).net if family == "mlp"
+           else CNN(width=2, input_shape=(1, 20), num_classes=3).net)
+    wide = widen_layers(net, growth(net, 2), "duplicate").net
+    x = torch.randn(4, 2) if family == "mlp" else torch.randn(4, 1, 20)
+    state = wide.state_dict()
+    rebuilt = resize_to(net, {n: t.shape for n, t in state.items()})
+    rebuilt.load_state_dict(state)
+    wide.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(x), wide(x), atol=0, rtol=0)
+    with pytest.raises(ConfigError, match="narrower"):
+        resize_to(wide, {n: t.shape for n, t in net.state_dict().items()})
 
 
 def test_widen_rejects_bad_input() -> None:

@@ -1,33 +1,58 @@
-"""Escape dimensions: seed ensembles, function-preserving widening, teacher-student helpers.
+"""Escape dimensions: function-preserving widening, teacher-student helpers, success statistics.
 
-Pure torch / numpy / scipy (no Lightning). :mod:`~overparam_lit.escape.ensemble` trains many
-seeds of one network as stacked parameters; :mod:`~overparam_lit.escape.widen` adds hidden
-units (MLP) or channels (CNN) without changing the function the network computes;
+Pure torch / numpy / scipy (no Lightning). :mod:`~overparam_lit.escape.widen` adds hidden
+units (MLP) or channels (CNN) without changing the function the network computes (the
+:class:`~overparam_lit.callbacks.widen.Widen` callback does it during a fit);
 :mod:`~overparam_lit.escape.teacher` makes teacher-student data with any activation;
-:mod:`~overparam_lit.escape.critical` drives a small net to a critical point.
+:mod:`~overparam_lit.escape.critical` drives a small net to a critical point;
+:mod:`~overparam_lit.escape.success` counts successes of multi-start fits (members), with Wilson
+intervals and the multi-start lottery prediction.
 """
 
 from overparam_lit.escape.critical import polish_to_critical_point
-from overparam_lit.escape.ensemble import (
-    StackedEnsemble,
+from overparam_lit.escape.success import (
+    multistart_prediction,
     relative_losses,
-    seed_nets,
     success_interval,
+    success_rates,
 )
 from overparam_lit.escape.teacher import TeacherData, make_teacher_data, teacher_net
-from overparam_lit.escape.widen import add_units, hidden_layers, widen, widen_net
+from overparam_lit.escape.widen import (
+    Widened,
+    add_units,
+    choose_units,
+    growth,
+    hidden_layers,
+    hidden_sizes,
+    nudge_,
+    random_direction,
+    resize_to,
+    split_direction,
+    widen,
+    widen_layers,
+    widen_net,
+)
 
 __all__ = [
-    "StackedEnsemble",
     "TeacherData",
+    "Widened",
     "add_units",
+    "choose_units",
+    "growth",
     "hidden_layers",
+    "hidden_sizes",
     "make_teacher_data",
+    "multistart_prediction",
+    "nudge_",
     "polish_to_critical_point",
+    "random_direction",
     "relative_losses",
-    "seed_nets",
+    "resize_to",
+    "split_direction",
     "success_interval",
+    "success_rates",
     "teacher_net",
     "widen",
+    "widen_layers",
     "widen_net",
 ]

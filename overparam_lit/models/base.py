@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -261,6 +262,44 @@ class OverparamModule(L.LightningModule):
         items = {**stack.stacked_params(), **stack.stacked_buffers()}
         return {f"net.{k}": v.detach() for k, v in items.items()}
 
+    # ---- replacing the network (function-preserving widening) ----------------------------
+    def member_networks(self) -> list[nn.Module]:
+        """Each member's network as a standalone module holding copies of its tensors (for a single
+        model, ``[self.net]`` itself). Members must share one shape (no padded widths)."""
+        if self.members is None:
+            return [self.net]
+        check(not self.net.structure, "this needs members of one width (no padding)",
+              sorted({m.width for m in self.members}), "Use a fit of one width (--model.seeds only).")
+        out = []
+        for i in range(self.num_members):
+            member = copy.deepcopy(self._template)
+            member.load_state_dict(self.net.member_state(i), assign=True)  # keeps dtype and device
+            member.train(self.net.training)
+            out.append(member)
+        return out
+
+    def set_network(self, nets: Sequence[nn.Module], width: int | None = None) -> None:
+        """Make ``nets`` (one per member, equal shapes) the network, and update what describes it:
+        ``width`` (when given: a family width with exactly these shapes), the members' widths, the
+        parameter counts and the shape template. Used when a callback widens the network."""
+        check(len(nets) == self.num_members, "set_network needs one network per member", len(nets),
+              f"Pass {self.num_members} network(s).")
+        if self.members is None:
+            self.net = nets[0]
+        else:
+            stack = StackedNet(list(nets), copy.deepcopy(nets[0]).to("meta"))
+            stack.train(self.net.training)
+            self.net = stack
+        if width is not None:
+            self.width = int(width)
+            if self.members is not None:
+                self.members = [Member(m.index, m.seed, int(width)) for m in self.members]
+        count = sum(p.numel() for p in nets[0].parameters())
+        self.__dict__["_template"] = copy.deepcopy(nets[0]).to("meta")
+        self._params_per_member = count
+        self.member_num_params = [count] * self.num_members
+        self.num_params = count
+
     # ---- memory -------------------------------------------------------------------------
     def estimate_memory(self, batch_size: int) -> MemoryEstimate:
         """Bytes a fit of this module needs (parameters with gradients and Adam's two states, and
@@ -456,8 +495,34 @@ class OverparamModule(L.LightningModule):
                 )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Checkpoints name their class, so ``overparam-lit export`` can rebuild a member."""
+        """Checkpoints name their class and width, so ``overparam-lit export`` can rebuild a member
+        and a widened network can be rebuilt before its weights load."""
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["model_width"] = self.width
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A checkpoint of a network widened during its fit (the ``Widen`` callback) holds larger
+        tensors than the network the hyperparameters build: grow the network to its shapes first
+        (Lightning loads the weights after this hook, in a resume and in ``load_from_checkpoint``)."""
+        state = checkpoint.get("state_dict") or {}
+        saved = {k[len("net."):]: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
+        mine = {n: tuple(t.shape) for n, t in [*self.net.named_parameters(), *self.net.named_buffers()]}
+        if all(saved.get(n, s) == s for n, s in mine.items()):
+            return
+        from overparam_lit.escape.widen import resize_to
+
+        if self.members is not None:
+            check(all(s[:1] == (self.num_members,) for s in saved.values()),
+                  "the checkpoint holds another number of members", {n: s[:1] for n, s in saved.items()},
+                  "Load it with the members it was trained with.")
+            saved = {n: s[1:] for n, s in saved.items()}
+        self.set_network([resize_to(net, saved) for net in self.member_networks()],
+                         checkpoint.get("model_width"))
+        trainer = self._trainer
+        if trainer is not None and trainer.strategy.optimizers:  # restored after the optimizers exist
+            from overparam_lit.compat import fresh_optimizers
+
+            fresh_optimizers(trainer, self)
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Members write ``members.csv`` and a W&B table (:class:`MembersTable`)."""

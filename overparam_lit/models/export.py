@@ -68,12 +68,15 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
     single = cls(**init)
     shapes = {f"net.{n}": tuple(t.shape) for n, t in
               {**dict(single.net.named_parameters()), **dict(single.net.named_buffers())}.items()}
+    # members of one width keep their whole tensors (a widened stack grows the single model when it
+    # loads); a padded member is cut to its own width
+    padded = len({x.width for x in members}) > 1
     state = {}
     for key, shape in shapes.items():
         check(key in ckpt["state_dict"], "the checkpoint lacks a tensor of the member's network", key,
               "Export from a checkpoint of the same model class.")
         t = ckpt["state_dict"][key][member]
-        state[key] = t[tuple(slice(0, s) for s in shape)].clone()
+        state[key] = (t[tuple(slice(0, s) for s in shape)] if padded else t).clone()
     out = Path(out)
     check(not out.is_dir(), "the output path is a folder", str(out), "Give a file name, e.g. member3.ckpt.")
     atomic_save({
@@ -83,6 +86,7 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
         "pytorch-lightning_version": ckpt.get("pytorch-lightning_version", L.__version__),
         "epoch": ckpt.get("epoch", 0),
         "global_step": ckpt.get("global_step", 0),
+        "model_width": m.width if padded else ckpt.get("model_width", m.width),
         "member": {"index": m.index, "seed": m.seed, "width": m.width, "source": str(ckpt_path)},
     }, out)
     return out
