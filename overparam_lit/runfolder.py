@@ -43,7 +43,7 @@ from typing import Any
 
 from overparam_lit.utils import ConfigError, atomic_write_json, atomic_write_text, check
 
-__all__ = ["RunFolder", "RunLock", "read_checkpoint", "checkpoint_problem", "LOCK_ENV"]
+__all__ = ["RunFolder", "RunLock", "read_checkpoint", "checkpoint_problem", "load_torch_file", "LOCK_ENV"]
 
 LOCK_ENV = "OVERPARAM_LIT_RUN_LOCK"
 """Set by the process that holds a run folder's lock to ``<lock path>|<token>``; DDP child
@@ -434,22 +434,48 @@ def _torch_load(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
-def _inspect_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+def _file_problem(path: Path) -> str | None:
+    """Why ``path`` is not a readable, non-empty file, or ``None``."""
     if not path.exists():
-        return None, "no such file"
+        return "no such file"
     if path.is_dir():
-        return None, "it is a folder, not a checkpoint file"
+        return "it is a folder, not a file"
     try:
         size = path.stat().st_size
     except OSError as err:
-        return None, f"cannot read it ({err.strerror or err})"
-    if size == 0:
-        return None, "the file is empty (0 bytes)"
+        return f"cannot read it ({err.strerror or err})"
+    return "the file is empty (0 bytes; an interrupted write?)" if size == 0 else None
+
+
+def _load_problem(err: Exception) -> str:
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return f"it does not load ({type(err).__name__}: {reason[:200]}); it is damaged or truncated"
+
+
+def load_torch_file(path: str | Path, what: str, fix: str) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, or a :class:`ConfigError` saying what is
+    wrong with the file (missing, a folder, empty, truncated or corrupt): masks, rewind states and
+    plane banks are read through it."""
+    import torch
+
+    path = Path(path)
+    problem = _file_problem(path)
+    if problem is None:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
+            problem = _load_problem(err)
+    raise ConfigError(f"{what} cannot be read: {problem} (got {str(path)!r}). {fix}")
+
+
+def _inspect_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    problem = _file_problem(path)
+    if problem is not None:
+        return None, problem.replace("a file", "a checkpoint file")
     try:
         ckpt = _torch_load(path)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return None, f"it does not load ({type(err).__name__}: {reason[:200]}); it is damaged or truncated"
+        return None, _load_problem(err)
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         return None, "it loads but is not a Lightning checkpoint (no 'state_dict')"
     return ckpt, None

@@ -88,8 +88,14 @@ class VisionDataModule(ArrayDataModule):
         for train, tag in ((True, "train"), (False, "test")):
             try:
                 ds = cls(self.root, train=train, download=self.download)
-            except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+            except (RuntimeError, OSError) as err:
                 raise self._missing(f"{type(err).__name__}: {err}") from None
+            except (EOFError, KeyError, ValueError, IndexError, TypeError, pickle.UnpicklingError) as err:
+                raise ConfigError(
+                    f"{self.name} files under root={self.root!r} could not be read ({type(err).__name__}: "
+                    f"{str(err)[:160]}). A file is truncated, corrupt or not in torchvision's format: "
+                    f"delete {Path(self.root) / self.folder} and put the data set there again (or pass "
+                    "--data.download true on a machine with network access).") from None
             x = torch.as_tensor(np.asarray(ds.data)).float().div_(255)
             x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
             mean = torch.tensor(self.mean).view(1, -1, 1, 1)

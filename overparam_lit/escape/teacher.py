@@ -16,12 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from overparam_lit.activations import ACTIVATIONS
 from overparam_lit.utils import check
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus, "sigmoid": nn.Sigmoid,
-    "gelu": nn.GELU, "silu": nn.SiLU,
-}
 
 
 def make_teacher(input_dim: int, width: int, depth: int, out_dim: int, seed: int) -> nn.Module:

@@ -6,18 +6,9 @@ import math
 
 from torch import nn
 
+from overparam_lit.activations import ACTIVATIONS
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.utils import check
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "sigmoid": nn.Sigmoid,
-    "silu": nn.SiLU,
-    "leaky_relu": nn.LeakyReLU,
-    "identity": nn.Identity,
-}
 
 
 class MLP(OverparamModule):
@@ -25,7 +16,7 @@ class MLP(OverparamModule):
 
     Args:
         depth: number of hidden layers (>= 1).
-        activation: one of relu, tanh, gelu, sigmoid, silu, leaky_relu, identity.
+        activation: a name of :data:`overparam_lit.activations.ACTIVATIONS` (relu, tanh, gelu, ...).
         bias: whether linear layers have biases.
         **kwargs: ``width``, optimizer, scheduler and the linked data arguments of
             :class:`OverparamModule`.

@@ -33,10 +33,10 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from overparam_lit.activations import ACTIVATIONS
 from overparam_lit.utils import ConfigError, check
 
-ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.GELU, nn.Sigmoid, nn.SiLU, nn.LeakyReLU, nn.Identity,
-               nn.Softplus, nn.ELU)
+ELEMENTWISE = tuple(ACTIVATIONS.values())
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from overparam_lit.utils import atomic_save, check
+from overparam_lit.runfolder import load_torch_file
+from overparam_lit.utils import ConfigError, atomic_save, check
 
 POLICIES = ("random", "distinct_classes", "same_class", "mislabelled")
 _BANK_VERSION = 1
@@ -160,8 +161,16 @@ class PlaneBank:
 
     @classmethod
     def load(cls, path: str | Path) -> PlaneBank:
-        """Read a bank written by :meth:`save` (``weights_only=True``)."""
-        return cls.from_state(torch.load(Path(path), map_location="cpu", weights_only=True))
+        """Read a bank written by :meth:`save` (``weights_only=True``); an unreadable file is a
+        :class:`ConfigError` naming it."""
+        fix = ("Delete it to have the bank made again, or point bank_path at a bank written by "
+               "DecisionRegions or PlaneBank.save.")
+        state = load_torch_file(path, "the plane bank", fix)
+        try:
+            return cls.from_state(state)
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
+            raise ConfigError(f"the plane bank does not hold a bank ({type(err).__name__}: {err}) "
+                              f"(got {str(path)!r}). {fix}") from None
 
     def select(self, planes: list[int]) -> PlaneBank:
         """A bank with a subset of the planes (same resolution and metadata)."""
