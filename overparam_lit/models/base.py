@@ -530,6 +530,8 @@ class OverparamModule(L.LightningModule):
             return []
         from overparam_lit.callbacks.members import MembersTable
 
+        if self._trainer is not None and any(isinstance(cb, MembersTable) for cb in self.trainer.callbacks):
+            return []  # a test after the fit keeps the fit's table
         return [MembersTable()]
 
     # ---- structural masks of padded members -----------------------------------------------
