@@ -1,15 +1,25 @@
-"""Shared fixtures: quiet offline W&B, one CPU thread, tiny data files in real on-disk formats."""
+"""Shared fixtures: quiet offline W&B, one CPU thread, tiny data files in real on-disk formats, a
+tiny in-memory data set and trainer (:mod:`overparam_lit.testing`), and a 2-process DDP runner."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import struct
+import subprocess
+import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
+
+if TYPE_CHECKING:  # imported by the fixtures that need them: Lightning loads only for those tests
+    import lightning as L
+
+    from overparam_lit.testing import Blobs
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -66,3 +76,41 @@ def cifar10_root(tmp_path: Path) -> tuple[Path, dict[str, np.ndarray]]:
     arrays = {"x_train": np.concatenate(xs), "y_train": np.array(ys),
               "x_test": test, "y_test": np.array(test_labels)}
     return tmp_path, arrays
+
+
+@pytest.fixture
+def blobs() -> type[Blobs]:
+    """The tiny in-memory data set: ``blobs(batch_size=50)`` (Gaussian blobs, 8-D, 4 classes,
+    200 train / 100 test), or any other shape, classes and sizes (:class:`overparam_lit.testing.Blobs`)."""
+    from overparam_lit.testing import Blobs
+
+    return Blobs
+
+
+@pytest.fixture
+def tiny_trainer() -> Callable[..., L.Trainer]:
+    """The tiny trainer: ``tiny_trainer(root, callbacks, max_epochs=2, ...)``, one quiet CPU process
+    (:func:`overparam_lit.testing.tiny_trainer`)."""
+    from overparam_lit.testing import tiny_trainer
+
+    return tiny_trainer
+
+
+DDP_TIMEOUT = 300
+"""Seconds a two-process DDP script may run before its test fails."""
+
+
+@pytest.fixture
+def run_ddp() -> Callable[..., subprocess.CompletedProcess]:
+    """Run ``tests/ddp/<script> <args>`` (two CPU processes, gloo) from the repository root, one
+    thread per process and W&B offline; the test fails with the end of the script's stderr unless
+    it exits 0 within ``timeout`` seconds. Returns the finished process."""
+
+    def run(script: str, *args: str | Path, timeout: float = DDP_TIMEOUT) -> subprocess.CompletedProcess:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+        cmd = [sys.executable, str(REPO / "tests" / "ddp" / script), *(str(a) for a in args)]
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"{script} exited with {proc.returncode}:\n{proc.stderr[-3000:]}"
+        return proc
+
+    return run

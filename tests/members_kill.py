@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
+from overparam_lit.testing import tiny_trainer
 
 
 class KillAt(L.Callback):
@@ -39,9 +40,7 @@ def main() -> None:
     ckpt = ModelCheckpoint(dirpath=str(args.root / "checkpoints"), save_last=True, every_n_epochs=1,
                            save_top_k=-1)
     callbacks = [ckpt] + ([KillAt(args.kill_after)] if args.kill_after is not None else [])
-    trainer = L.Trainer(default_root_dir=str(args.root), max_epochs=args.epochs, accelerator="cpu",
-                        logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=callbacks)
+    trainer = tiny_trainer(args.root, callbacks, max_epochs=args.epochs, enable_checkpointing=True)
     resume = str(args.root / "checkpoints" / "last.ckpt") if args.resume else None
     trainer.fit(model, MNIST1D(batch_size=50, train_subset=200), ckpt_path=resume)
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, args.root / "final.pt")

@@ -7,13 +7,13 @@ import csv
 import numpy as np
 import pytest
 import torch
-from lightning import Trainer
 from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 
 from overparam_lit.callbacks.hessian import HessianProbe, log_spaced_steps
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP, OverparamModule
+from overparam_lit.testing import tiny_trainer
 from overparam_lit.utils import ConfigError
 
 
@@ -32,11 +32,7 @@ def dm() -> MNIST1D:
 
 
 def fit(model, callbacks, tmp_path, steps=6, logger=False):
-    trainer = Trainer(
-        accelerator="cpu", devices=1, max_steps=steps, logger=logger, callbacks=callbacks,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, limit_val_batches=0, default_root_dir=tmp_path,
-    )
+    trainer = tiny_trainer(tmp_path, callbacks, max_steps=steps, logger=logger, limit_val_batches=0)
     trainer.fit(model, datamodule=dm())
     return trainer
 

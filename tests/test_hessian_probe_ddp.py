@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -14,14 +10,10 @@ from overparam_lit.curvature import HessianOperator, lanczos
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import CNN, MLP
 
-SCRIPT = Path(__file__).parent / "ddp" / "hessian_ddp.py"
-
 
 @pytest.mark.ddp
-def test_ddp_lambda_max_equals_single_process(tmp_path):
-    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True,
-                         text=True, timeout=240, cwd=Path(__file__).parents[1])
-    assert run.returncode == 0, run.stderr[-3000:]
+def test_ddp_lambda_max_equals_single_process(tmp_path, run_ddp):
+    run_ddp("hessian_ddp.py", tmp_path, timeout=240)  # fails the test unless the script exits 0
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert r0["probed_steps"] == r1["probed_steps"] == [0, 4]
     for a, b in zip(r0["history"], r1["history"], strict=True):  # same steps, same numbers
@@ -39,12 +31,10 @@ def test_ddp_lambda_max_equals_single_process(tmp_path):
 
 
 @pytest.mark.ddp
-def test_ddp_probe_uses_rank0_batchnorm_statistics(tmp_path):
+def test_ddp_probe_uses_rank0_batchnorm_statistics(tmp_path, run_ddp):
     """A step-scheduled probe runs before validation could re-sync BatchNorm buffers: every rank
     must differentiate rank 0's network, the one a checkpoint holds."""
-    run = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path), "cnn"], capture_output=True,
-                         text=True, timeout=240, cwd=Path(__file__).parents[1])
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_ddp("hessian_ddp.py", tmp_path, "cnn", timeout=240)  # fails the test unless it exits 0
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     stats = [k for k in r0["net"] if k.endswith("running_mean")]
     assert any(not torch.equal(r0["net"][k], r1["net"][k]) for k in stats)  # ranks' statistics differ

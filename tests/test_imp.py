@@ -9,12 +9,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from imp_common import Blobs, small_mlp, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from overparam_lit.callbacks.imp import IterativeMagnitudePruning
 from overparam_lit.callbacks.ticket import TicketStart
 from overparam_lit.models.base import OverparamModule
+from overparam_lit.testing import small_mlp
 from overparam_lit.utils import ConfigError
 
 
@@ -22,18 +22,25 @@ def _load(path):
     return torch.load(path, weights_only=True)
 
 
-def _fit(tmp_path, cb, model=None, epochs=2, extra=(), **kw):
-    L.seed_everything(0)
-    model = model if model is not None else small_mlp()
-    tr = trainer(tmp_path, [cb, *extra], max_epochs=epochs, **kw)
-    tr.fit(model, Blobs(batch_size=50))
-    return tr, model
+@pytest.fixture
+def fit(blobs, tiny_trainer):
+    """``fit(root, cb, model=None, epochs=2, extra=(), **trainer_kw)``: seed 0, the small MLP (or
+    ``model``) on the blobs in batches of 50, ``cb`` first; returns the trainer and the model."""
+
+    def run(root, cb, model=None, epochs=2, extra=(), **kw):
+        L.seed_everything(0)
+        model = model if model is not None else small_mlp()
+        tr = tiny_trainer(root, [cb, *extra], max_epochs=epochs, deterministic=True, **kw)
+        tr.fit(model, blobs(batch_size=50))
+        return tr, model
+
+    return run
 
 
 @pytest.mark.parametrize("scope", ["global", "layerwise"])
-def test_density_and_magnitude_rule_over_levels(tmp_path, scope):
+def test_density_and_magnitude_rule_over_levels(tmp_path, scope, fit):
     cb = IterativeMagnitudePruning(levels=3, fraction=0.2, scope=scope, output_fraction=0.1)
-    tr, model = _fit(tmp_path, cb)
+    tr, model = fit(tmp_path, cb)
     assert tr.current_epoch == 8  # 4 levels x 2 epochs, set by the callback
     imp = tmp_path / "imp"
     summary = json.loads((imp / "summary.json").read_text())
@@ -71,13 +78,13 @@ def test_density_and_magnitude_rule_over_levels(tmp_path, scope):
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adamw"])
-def test_pruned_weights_stay_zero_with_momentum_and_decay(tmp_path, opt):
+def test_pruned_weights_stay_zero_with_momentum_and_decay(tmp_path, opt, fit):
     if opt == "sgd":
         factory = partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-2)
     else:
         factory = partial(torch.optim.AdamW, lr=1e-2, weight_decay=0.1)
     cb = IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=1)
-    tr, model = _fit(tmp_path, cb, model=small_mlp(optimizer=factory))
+    tr, model = fit(tmp_path, cb, model=small_mlp(optimizer=factory))
     params = dict(model.named_parameters())
     opt_ = tr.optimizers[0]
     assert cb.level == 2
@@ -109,10 +116,10 @@ class _Spy(L.Callback):
                                                trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def test_weight_rewind_bit_for_bit(tmp_path):
+def test_weight_rewind_bit_for_bit(tmp_path, fit):
     cb = IterativeMagnitudePruning(levels=2, fraction=0.3, epochs_per_level=2, rewind_step=3)
     spy = _Spy(step=3)
-    _fit(tmp_path, cb, extra=[spy])
+    fit(tmp_path, cb, extra=[spy])
     snap = _load(tmp_path / "imp" / "level_01" / "rewind.pt")
     for k, v in spy.at_step.items():
         assert torch.equal(snap[k], v)
@@ -126,13 +133,13 @@ def test_weight_rewind_bit_for_bit(tmp_path):
         assert spy.opt_ids[epoch][1] == 0 and spy.opt_ids[epoch][0] != spy.opt_ids[epoch - 1][0]
 
 
-def test_lr_rewind_and_finetune(tmp_path):
+def test_lr_rewind_and_finetune(tmp_path, fit):
     sched = partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
     opt = partial(torch.optim.SGD, lr=0.1, momentum=0.9)
     for mode in ("lr", "finetune"):
         cb = IterativeMagnitudePruning(levels=1, fraction=0.5, epochs_per_level=2, rewind=mode)
         spy = _Spy(step=-1)
-        _fit(tmp_path / mode, cb, model=small_mlp(optimizer=opt, lr_scheduler=sched), extra=[spy])
+        fit(tmp_path / mode, cb, model=small_mlp(optimizer=opt, lr_scheduler=sched), extra=[spy])
         final0 = _load(tmp_path / mode / "imp" / "level_00" / "final.pt")
         mask = _load(tmp_path / mode / "imp" / "level_01" / "mask.pt")
         for k, v in final0.items():
@@ -168,16 +175,16 @@ class _StepCounter(L.Callback):
         self.steps += 1
 
 
-def test_bad_setups_refused_before_training(tmp_path):
+def test_bad_setups_refused_before_training(tmp_path, fit):
     counter = _StepCounter()
     cb = IterativeMagnitudePruning(levels=1, epochs_per_level=1, rewind_step=5)  # a level has 4 steps
     with pytest.raises(ConfigError, match="rewind_step is past the end"):
-        _fit(tmp_path / "a", cb, extra=[counter])
+        fit(tmp_path / "a", cb, extra=[counter])
     model = _NoLinear(input_shape=(8,), num_classes=4)
     with pytest.raises(ConfigError, match="no prunable weights"):
-        _fit(tmp_path / "b", IterativeMagnitudePruning(levels=1), model=model, extra=[counter])
+        fit(tmp_path / "b", IterativeMagnitudePruning(levels=1), model=model, extra=[counter])
     with pytest.raises(ConfigError, match="max_steps"):
-        _fit(tmp_path / "c", IterativeMagnitudePruning(levels=1), extra=[counter], max_steps=3)
+        fit(tmp_path / "c", IterativeMagnitudePruning(levels=1), extra=[counter], max_steps=3)
     assert counter.steps == 0
 
 
@@ -191,7 +198,7 @@ class _Kill(L.Callback):
 
 
 @pytest.mark.parametrize("kill_at", [10, 13])
-def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_at):
+def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_at, blobs, tiny_trainer):
     """A level is 2 epochs of 4 steps. Kill at step 10: the last checkpoint is the end of level 0,
     before level 1's pruning; kill at step 13: the last checkpoint is mid-level 1 (masks live)."""
     opt = partial(torch.optim.SGD, lr=0.1, momentum=0.9)
@@ -200,11 +207,9 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_at):
         L.seed_everything(0)
         cb = IterativeMagnitudePruning(levels=2, fraction=0.4, rewind_step=2, output_fraction=0.2)
         mc = ModelCheckpoint(dirpath=root / "ckpt", save_last=True)
-        tr = L.Trainer(default_root_dir=str(root), max_epochs=2, accelerator="cpu", logger=False,
-                       enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                       deterministic=True, callbacks=[cb, mc, *extra])
+        tr = tiny_trainer(root, [cb, mc, *extra], max_epochs=2, deterministic=True, enable_checkpointing=True)
         model = small_mlp(optimizer=opt)
-        tr.fit(model, Blobs(batch_size=50), ckpt_path=ckpt)
+        tr.fit(model, blobs(batch_size=50), ckpt_path=ckpt)
         return cb, model
 
     cb_a, model_a = run(tmp_path / "a", [])
@@ -227,10 +232,10 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path, kill_at):
         assert all(torch.equal(ma[n], mb[n]) for n in ma)
 
 
-def test_structured_fit_and_export(tmp_path):
+def test_structured_fit_and_export(tmp_path, fit):
     cb = IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=1, granularity="structured",
                                    scope="layerwise")
-    tr, model = _fit(tmp_path, cb)
+    tr, model = fit(tmp_path, cb)
     rep = json.loads((tmp_path / "imp" / "level_02" / "sparsity.json").read_text())
     assert rep["channels"] == {"net.1": {"channels": 16, "kept": 4}, "net.3": {"channels": 16, "kept": 4}}
     w1 = model.net[1].weight
@@ -245,14 +250,14 @@ def test_structured_fit_and_export(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["ticket", "random_reinit", "random_mask", "perturb_rest"])
-def test_ticket_start_fit(tmp_path, mode):
+def test_ticket_start_fit(tmp_path, mode, fit):
     if not (tmp_path.parent / "ticket_src" / "imp" / "level_02").is_dir():
-        _fit(tmp_path.parent / "ticket_src",
+        fit(tmp_path.parent / "ticket_src",
              IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=1))
     level = tmp_path.parent / "ticket_src" / "imp" / "level_02"
     mask = _load(level / "mask.pt")
     cb = TicketStart(str(level), mode=mode, seed=1)
-    _, model = _fit(tmp_path, cb, epochs=1)
+    _, model = fit(tmp_path, cb, epochs=1)
     res = json.loads((tmp_path / "imp" / "ticket_result.json").read_text())
     params = dict(model.named_parameters())
     if mode == "perturb_rest":
@@ -265,4 +270,4 @@ def test_ticket_start_fit(tmp_path, mode):
         assert all(torch.equal(cb.masks[n], mask[n]) for n in mask) == (mode != "random_mask")
     wrong = small_mlp(width=12)
     with pytest.raises(ConfigError, match="ticket"):
-        _fit(tmp_path / "wrong", TicketStart(str(level)), model=wrong)
+        fit(tmp_path / "wrong", TicketStart(str(level)), model=wrong)

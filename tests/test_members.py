@@ -21,6 +21,7 @@ from overparam_lit.data import MNIST1D
 from overparam_lit.models import CNN, MLP, LeNet300100, ResNet18
 from overparam_lit.models.export import export_member
 from overparam_lit.regions import PlaneBank, fragmentation, label_maps, load_label_maps
+from overparam_lit.testing import tiny_trainer
 from overparam_lit.utils import ConfigError
 
 HERE = Path(__file__).parent
@@ -33,12 +34,9 @@ def _data(**kw) -> MNIST1D:
 def _fit(model: L.LightningModule, root: Path, seed: int, steps: int | None = None, epochs: int = 2,
          precision: str = "32-true", callbacks: list | None = None) -> L.Trainer:
     L.seed_everything(seed, verbose=False)
-    trainer = L.Trainer(
-        default_root_dir=str(root), max_epochs=epochs, max_steps=steps or -1, accelerator="cpu",
-        devices=1, logger=CSVLogger(str(root), name="", version=""), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        precision=precision, callbacks=callbacks or [], log_every_n_steps=1,
-    )
+    trainer = tiny_trainer(root, callbacks or [], max_epochs=epochs, max_steps=steps or -1,
+                           logger=CSVLogger(str(root), name="", version=""), precision=precision,
+                           log_every_n_steps=1)
     trainer.fit(model, _data())
     return trainer
 
@@ -254,10 +252,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.ddp
-def test_members_under_two_process_ddp(tmp_path):
-    res = subprocess.run([sys.executable, str(HERE / "ddp" / "members_ddp.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_members_under_two_process_ddp(tmp_path, run_ddp):
+    run_ddp("members_ddp.py", tmp_path, timeout=300)  # fails the test unless the script exits 0
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)  # ranks hold one stack

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from lightning.pytorch.loggers import CSVLogger
-from regions_helpers import Blobs
 
 from overparam_lit.callbacks.regions import DecisionRegions
 from overparam_lit.models import MLP
@@ -24,22 +21,25 @@ from overparam_lit.regions import (
     load_label_maps,
     make_plane_bank,
 )
+from overparam_lit.testing import THREE_BLOBS
 from overparam_lit.utils import ConfigError
 
-HERE = Path(__file__).parent
 
+@pytest.fixture
+def fit(blobs, tiny_trainer):
+    """``fit(root, cb, epochs, ckpt=None, **trainer_kw)``: a width-16 MLP on the blobs (batches of
+    40, label noise 0.2) with a CSV logger and checkpoints; returns the trainer and the model."""
 
-def _fit(root: Path, cb: DecisionRegions, epochs: int, ckpt: str | None = None, **trainer_kw):
-    L.seed_everything(0, verbose=False)
-    model = MLP(width=16, input_shape=(1, 8), num_classes=3)
-    trainer = L.Trainer(
-        default_root_dir=str(root), max_epochs=epochs, accelerator="cpu", devices=1,
-        logger=CSVLogger(str(root), name="", version=""), enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1, callbacks=[cb],
-        **trainer_kw,
-    )
-    trainer.fit(model, datamodule=Blobs(batch_size=40, label_noise=0.2), ckpt_path=ckpt)
-    return trainer, model
+    def run(root: Path, cb: DecisionRegions, epochs: int, ckpt: str | None = None, **trainer_kw):
+        L.seed_everything(0, verbose=False)
+        model = MLP(width=16, input_shape=(1, 8), num_classes=3)
+        logger = CSVLogger(str(root), name="", version="")
+        trainer = tiny_trainer(root, [cb], max_epochs=epochs, logger=logger, enable_checkpointing=True,
+                               log_every_n_steps=1, **trainer_kw)
+        trainer.fit(model, datamodule=blobs(**THREE_BLOBS, batch_size=40, label_noise=0.2), ckpt_path=ckpt)
+        return trainer, model
+
+    return run
 
 
 def _rows(root: Path, key: str) -> list[tuple[int, float]]:
@@ -47,10 +47,10 @@ def _rows(root: Path, key: str) -> list[tuple[int, float]]:
         return [(int(r["step"]), float(r[key])) for r in csv.DictReader(fh) if r.get(key)]
 
 
-def test_snapshots_logged_saved_and_recomputable(tmp_path):
+def test_snapshots_logged_saved_and_recomputable(tmp_path, fit):
     cb = DecisionRegions(num_planes=3, resolution=16, schedule="every", every_n_epochs=1,
                          render_planes=2, policy="mislabelled")
-    trainer, model = _fit(tmp_path, cb, epochs=3)
+    trainer, model = fit(tmp_path, cb, epochs=3)
     out = tmp_path / "regions"
     for e in range(4):
         assert (out / f"maps_epoch{e:04d}.npz").exists() and (out / f"epoch{e:04d}.png").exists()
@@ -73,9 +73,9 @@ def test_snapshots_logged_saved_and_recomputable(tmp_path):
     assert per_class
 
 
-def test_resume_continues_the_agreement_chain(tmp_path):
+def test_resume_continues_the_agreement_chain(tmp_path, fit):
     kw = dict(num_planes=2, resolution=12, schedule="every", every_n_epochs=1, render_planes=0)
-    _fit(tmp_path, DecisionRegions(**kw), epochs=2)
+    fit(tmp_path, DecisionRegions(**kw), epochs=2)
     ckpt = next((tmp_path / "checkpoints").glob("*.ckpt"))
     state = torch.load(ckpt, weights_only=True)["callbacks"]
     assert any("prev_pred" in v for v in state.values())
@@ -83,7 +83,7 @@ def test_resume_continues_the_agreement_chain(tmp_path):
     root2.mkdir()
     (root2 / "regions").mkdir()
     (root2 / "regions" / "bank.pt").write_bytes((tmp_path / "regions" / "bank.pt").read_bytes())
-    _fit(root2, DecisionRegions(**kw), epochs=4, ckpt=str(ckpt))
+    fit(root2, DecisionRegions(**kw), epochs=4, ckpt=str(ckpt))
     agree = _rows(root2, "regions/agreement")
     assert len(agree) == 2  # epochs 3 and 4, epoch 3 against the checkpointed epoch 2
     prev = load_label_maps(str(tmp_path / "regions" / "maps_epoch0002.npz")).pred
@@ -91,20 +91,20 @@ def test_resume_continues_the_agreement_chain(tmp_path):
     assert agree[0][1] == pytest.approx(agreement(prev, now))
 
 
-def test_shared_bank_path_and_shape_mismatch(tmp_path):
-    x, y, yt = Blobs(label_noise=0.2).probe_set(None, "train")
+def test_shared_bank_path_and_shape_mismatch(tmp_path, fit, blobs):
+    x, y, yt = blobs(**THREE_BLOBS, label_noise=0.2).probe_set(None, "train")
     shared = tmp_path / "shared_bank.pt"
     make_plane_bank(x, y, yt, num_planes=2, resolution=8, seed=9).save(shared)
     before = shared.read_bytes()
     cb = DecisionRegions(bank_path=str(shared), epochs=[1], at_init=False, render_planes=0)
-    _fit(tmp_path / "a", cb, epochs=1)
+    fit(tmp_path / "a", cb, epochs=1)
     assert shared.read_bytes() == before  # reused, not rewritten
     assert load_label_maps(str(tmp_path / "a/regions/maps_epoch0001.npz")).pred.shape == (2, 8, 8)
     wrong = tmp_path / "wrong.pt"
     make_plane_bank(torch.randn(10, 1, 5), torch.arange(10) % 3, torch.arange(10) % 3,
                     num_planes=1, resolution=4).save(wrong)
     with pytest.raises(ConfigError, match=r"made for inputs of shape \(1, 5\)"):
-        _fit(tmp_path / "b", DecisionRegions(bank_path=str(wrong)), epochs=1)
+        fit(tmp_path / "b", DecisionRegions(bank_path=str(wrong)), epochs=1)
 
 
 def test_bad_arguments_refused():
@@ -117,16 +117,14 @@ def test_bad_arguments_refused():
     assert DecisionRegions(num_snapshots=5)._schedule(100) == {0, 1, 3, 10, 32, 100}
 
 
-def test_toy2d_input_plane(tmp_path):
+def test_toy2d_input_plane(tmp_path, tiny_trainer):
     from overparam_lit.data import Toy2D
 
     L.seed_everything(0, verbose=False)
     model = MLP(width=32, input_shape=(2,), num_classes=3)
     cb = DecisionRegions(resolution=32, epochs=[2], render_planes=1)
-    trainer = L.Trainer(default_root_dir=str(tmp_path), max_epochs=2, accelerator="cpu",
-                        logger=CSVLogger(str(tmp_path), name="", version=""),
-                        enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0, callbacks=[cb])
+    trainer = tiny_trainer(tmp_path, [cb], max_epochs=2, logger=CSVLogger(str(tmp_path), name="", version=""),
+                           enable_checkpointing=True)
     trainer.fit(model, datamodule=Toy2D(n_train=300, n_test=100, batch_size=100))
     bank = PlaneBank.load(tmp_path / "regions/bank.pt")
     assert bank.policy == "input" and bank.num_planes == 1 and bank.input_shape == (2,)
@@ -135,10 +133,8 @@ def test_toy2d_input_plane(tmp_path):
 
 
 @pytest.mark.ddp
-def test_ddp_snapshot_once_and_equal_to_single_process(tmp_path):
-    res = subprocess.run([sys.executable, str(HERE / "ddp" / "regions_ddp.py"), str(tmp_path)],
-                         capture_output=True, text=True, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
+def test_ddp_snapshot_once_and_equal_to_single_process(tmp_path, run_ddp):
+    run_ddp("regions_ddp.py", tmp_path, timeout=240)  # fails the test unless the script exits 0
     out = tmp_path / "regions"
     assert sorted(p.name for p in out.glob("maps_epoch*.npz")) == [
         "maps_epoch0000.npz", "maps_epoch0001.npz", "maps_epoch0002.npz"]

@@ -21,6 +21,7 @@ from overparam_lit.callbacks import HessianProbe, IterativeMagnitudePruning, Wid
 from overparam_lit.data import MNIST1D, TeacherStudent
 from overparam_lit.escape import add_units, polish_to_critical_point
 from overparam_lit.models import CNN, MLP, LeNet300100, ResNet18
+from overparam_lit.testing import tiny_trainer
 from overparam_lit.utils import ConfigError
 
 MSE = nn.functional.mse_loss
@@ -36,11 +37,10 @@ def _trainer(root: Path, steps: int = -1, epochs: int = -1, callbacks: list | No
     if ckpt:
         cbs.append(ModelCheckpoint(dirpath=str(root / "ckpt"), filename="{epoch}", save_top_k=-1,
                                    every_n_epochs=1))
-    return L.Trainer(default_root_dir=str(root), max_steps=steps, max_epochs=epochs, accelerator="cpu",
-                     devices=1, logger=CSVLogger(str(root), name="", version="") if logger else False,
-                     enable_checkpointing=ckpt, enable_progress_bar=False, enable_model_summary=False,
-                     num_sanity_val_steps=0, limit_val_batches=0, precision=precision, callbacks=cbs,
-                     log_every_n_steps=1)
+    return tiny_trainer(root, cbs, max_steps=steps, max_epochs=epochs,
+                        logger=CSVLogger(str(root), name="", version="") if logger else False,
+                        enable_checkpointing=ckpt, limit_val_batches=0, precision=precision,
+                        log_every_n_steps=1)
 
 
 def _build(cls, seed: int, **kw):
@@ -120,6 +120,11 @@ def test_function_unchanged_at_the_widening_step(tmp_path, cls, kw, method, unit
         rows = [r for r in csv.DictReader(fh) if r.get("widen/step")]
     assert len(rows) == 1 and float(rows[0]["widen/width"]) == kw["width"] + units
     assert float(rows[0]["widen/loss_after"]) == pytest.approx(record["loss_after"], rel=1e-6)
+    with open(tmp_path / "metrics.csv") as fh:  # the model size is logged again for the new width
+        sizes = [(float(r["model/width"]), float(r["model/num_params"])) for r in csv.DictReader(fh)
+                 if r.get("model/width")]
+    assert sizes == [(kw["width"], record["num_params_before"]),
+                     (kw["width"] + units, record["num_params_after"])]
 
 
 # ---- a critical point becomes a saddle ------------------------------------------------------------

@@ -9,6 +9,7 @@ leading member axis of its parameters.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -18,13 +19,6 @@ from torch import Tensor
 from typing_extensions import override
 
 from overparam_lit import pruning
-
-
-def module_state(module: torch.nn.Module) -> dict[str, Tensor]:
-    """Every parameter and persistent buffer of ``module``, cloned to the CPU."""
-    items = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    keys = set(module.state_dict(keep_vars=True))
-    return {k: v.detach().to("cpu", copy=True) for k, v in items.items() if k in keys}
 
 
 def broadcast_masks(trainer: L.Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -79,36 +73,36 @@ def evaluate_members(trainer: L.Trainer, pl_module: L.LightningModule, split: st
     return res
 
 
+def evaluate_splits(trainer: L.Trainer, pl_module: L.LightningModule, splits: Sequence[str]
+                    ) -> dict[str, Tensor]:
+    """:func:`evaluate_members` of every split in ``splits``, in one mapping."""
+    out: dict[str, Tensor] = {}
+    for split in splits:
+        out.update(evaluate_members(trainer, pl_module, split))
+    return out
+
+
 class MaskedTraining(L.Callback):
-    """Keeps masked entries exactly zero during training (shared by IMP and ticket starts)."""
+    """Keeps masked entries exactly zero during training (shared by IMP and ticket starts) through
+    the bound :class:`~overparam_lit.pruning.Masks` of :attr:`masks`."""
 
     def __init__(self) -> None:
         self.masks: dict[str, Tensor] | None = None
-        self._params: list[Tensor] = []
-        self._fmasks: list[Tensor] = []
-        self._active = False
+        self._bound: pruning.Masks | None = None
 
     def _bind(self, pl_module: L.LightningModule) -> None:
-        """Align float masks with the module's parameters (call after every mask change)."""
-        if self.masks is None:
-            self._params, self._fmasks, self._active = [], [], False
-            return
+        """Bind :attr:`masks` to the module's parameters (call after every mask change)."""
         named = dict(pl_module.named_parameters())
-        self._params = [named[n] for n in self.masks]
-        pairs = zip(self._params, self.masks.values(), strict=True)
-        self._fmasks = [m.to(device=p.device, dtype=p.dtype) for p, m in pairs]
-        self._active = not all(bool(m.all()) for m in self.masks.values())
-        if self._active:
-            pruning.apply_masks_(self._params, self._fmasks)
+        self._bound = None if self.masks is None else pruning.Masks(self.masks).bind(named)
 
     @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,
                                  optimizer: torch.optim.Optimizer) -> None:
-        if self._active:
-            pruning.mask_grads_(self._params, self._fmasks)
+        if self._bound is not None:
+            self._bound.mask_grads_()
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self._active:
-            pruning.apply_masks_(self._params, self._fmasks)
+        if self._bound is not None:
+            self._bound.apply_()

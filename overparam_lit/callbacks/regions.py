@@ -11,19 +11,10 @@ import torch
 from typing_extensions import override
 
 from overparam_lit.models.memory import available_bytes
-from overparam_lit.regions import (
-    POLICIES,
-    PlaneBank,
-    input_plane_bank,
-    label_maps,
-    load_label_maps,
-    make_plane_bank,
-    map_bytes,
-    measure,
-)
+from overparam_lit.regions import RegionOptions, check_map_size, label_maps, measure, plane_bank_for
+from overparam_lit.regions.planes import PlaneBank
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.schedules import ProbeSchedule
-from overparam_lit.utils import atomic_save_npz, atomic_write_json, check, log_image, log_scalars
+from overparam_lit.utils import atomic_save_npz, atomic_write_json, log_image, log_scalars
 
 
 class DecisionRegions(L.Callback):
@@ -76,27 +67,11 @@ class DecisionRegions(L.Callback):
                  batch_size: int = 8192, render_planes: int = 4, film_plane: int = 0,
                  log_images: bool = True) -> None:
         super().__init__()
-        check(isinstance(num_planes, int) and num_planes >= 1, "num_planes must be an integer >= 1",
-              num_planes, "Set num_planes to e.g. 16.")
-        check(isinstance(resolution, int) and resolution >= 2,
-              "plane resolution must be an integer >= 2 (grid points per axis)", resolution,
-              "Set resolution to e.g. 64.")
-        check(policy in POLICIES, "unknown anchor policy", policy, f"Use one of {', '.join(POLICIES)}.")
-        check(split in ("train", "val", "test"), "unknown split", split, "Use 'train', 'val' or 'test'.")
-        check(margin >= 0, "margin must be >= 0", margin, "Set margin to e.g. 0.5.")
-        check(plane in ("auto", "anchors", "input"), "unknown plane kind", plane,
-              "Use 'auto', 'anchors' or 'input'.")
-        check(schedule in ("log", "every"), "unknown schedule", schedule, "Use 'log' or 'every'.")
-        check(min_region_size >= 1, "min_region_size must be >= 1", min_region_size, "Use 1.")
-        check(batch_size >= 1, "batch_size must be >= 1", batch_size, "Use e.g. 8192.")
-        check(render_planes >= 0, "render_planes must be >= 0", render_planes, "Use e.g. 4.")
-        self.plan = ProbeSchedule("list" if epochs is not None else schedule, every_n_epochs, num_snapshots,
-                                  None if epochs is None else tuple(int(e) for e in epochs), at_init)
-        self._check_size(num_planes, resolution, 1)
-        self.num_planes, self.resolution, self.policy, self.split = num_planes, resolution, policy, split
-        self.margin, self.seed, self.plane, self.bank_path = margin, seed, plane, bank_path
-        self.min_region_size, self.batch_size = min_region_size, batch_size
-        self.render_planes, self.film_plane, self.log_images = render_planes, film_plane, log_images
+        self.opts = RegionOptions(num_planes, resolution, policy, split, margin, seed, plane, bank_path,
+                                  schedule, num_snapshots, every_n_epochs, epochs, at_init, min_region_size,
+                                  batch_size, render_planes, film_plane, log_images)
+        self.plan = self.opts.plan
+        check_map_size(num_planes, resolution, 1, available_bytes("cpu"))
         self.bank: PlaneBank | None = None
         self.snapshot_epochs: set[int] = set()
         self.num_classes = 0
@@ -104,20 +79,11 @@ class DecisionRegions(L.Callback):
         self.prev_pred: torch.Tensor | None = None
         self._last_seen_epoch = -1
 
-    @staticmethod
-    def _check_size(num_planes: int, resolution: int, members: int) -> None:
-        need, free = map_bytes(num_planes, resolution, members), available_bytes("cpu")
-        check(free is None or need <= 0.5 * free,
-              f"one region snapshot would need {need / 1024**3:.3g} GiB of maps ({num_planes} planes x "
-              f"{resolution}^2 points x {members} member(s)), more than half the "
-              f"{(free or 0) / 1024**3:.3g} GiB available", resolution,
-              "Use a smaller resolution (64-256 is typical) or fewer planes.")
-
     def _schedule(self, max_epochs: int | None) -> set[int]:
         return self.plan.resolve(max_epochs)
 
     def _bank_file(self, trainer: L.Trainer) -> Path:
-        return Path(self.bank_path) if self.bank_path else RunFolder.of(trainer).regions_bank
+        return Path(self.opts.bank_path) if self.opts.bank_path else RunFolder.of(trainer).regions_bank
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -125,40 +91,16 @@ class DecisionRegions(L.Callback):
         writes it)."""
         if stage != "fit":
             return
-        task = getattr(pl_module, "task", "classification")
-        check(task == "classification", "decision regions need a classification model", task,
-              "Remove callbacks/regions.yaml for regression runs.")
         dm = trainer.datamodule
-        check(dm is not None and hasattr(dm, "probe_set"),
-              "DecisionRegions needs a data module with probe_set()",
-              type(dm).__name__, "Use an overparam_lit.data module (ArrayDataModule subclass).")
-        self._check_size(self.num_planes, self.resolution, getattr(pl_module, "num_members", 1))
+        self.opts.check_fit(pl_module, dm)
+        members = getattr(pl_module, "num_members", 1)
+        check_map_size(self.opts.num_planes, self.opts.resolution, members, available_bytes("cpu"))
         self.num_classes = int(getattr(pl_module, "num_classes", 0) or dm.num_classes)
-        x, y, y_true = dm.probe_set(None, self.split)
+        x, y, y_true = dm.probe_set(None, self.opts.split)
         input_shape = tuple(getattr(pl_module, "input_shape", None) or x.shape[1:])
-        path = self._bank_file(trainer)
-        if path.exists():
-            bank = PlaneBank.load(path)
-            bank.check_input_shape(input_shape)
-            bank.check_input_shape(tuple(x.shape[1:]))
-        else:
-            use_input = self.plane == "input" or (self.plane == "auto" and input_shape == (2,))
-            if use_input:
-                check(input_shape == (2,), "plane='input' needs 2-D inputs", input_shape,
-                      "Use plane='anchors' (or 'auto') for this data.")
-                bank = input_plane_bank(x, y, y_true, self.resolution, min(self.margin, 0.25),
-                                        seed=self.seed, split=self.split)
-            else:
-                bank = make_plane_bank(x, y, y_true, self.num_planes, self.resolution,
-                                       self.policy, self.margin, self.seed, self.split)
-            bank.check_input_shape(input_shape)
-            if trainer.global_rank == 0:
-                bank.save(path)
-        check(0 <= self.film_plane < bank.num_planes, "film_plane is not a plane of the bank",
-              self.film_plane, f"Choose a plane in [0, {bank.num_planes}).")
-        self.bank = bank
+        self.bank = plane_bank_for(self._bank_file(trainer), x, y, y_true, input_shape, self.opts,
+                                   write=trainer.global_rank == 0)
 
-    # ---- snapshots -----------------------------------------------------------------------
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.snapshot_epochs = self._schedule(trainer.max_epochs)  # after every setup (IMP)
@@ -177,8 +119,14 @@ class DecisionRegions(L.Callback):
         """Snapshot the final net if training stopped off schedule, then draw the summary."""
         if self._last_seen_epoch > 0 and not self._done(self._last_seen_epoch):
             self._snapshot(trainer, pl_module, self._last_seen_epoch)
-        if trainer.global_rank == 0 and self.history and self.render_planes > 0:
-            self._render_summary(trainer)
+        if trainer.global_rank == 0 and self.history and self.opts.render_planes > 0:
+            from overparam_lit.regions.render import history_pictures
+
+            run = RunFolder.of(trainer)
+            pics = history_pictures(self.history, run.regions, self.bank, self.opts.render_planes,
+                                    self.opts.film_plane, self.num_classes)
+            for key in ("overview", "filmstrip") if pics and self.opts.log_images else ():
+                log_image(trainer, f"regions/{key}", pics[key])
         trainer.strategy.barrier("regions_fit_end")
 
     def _done(self, epoch: int) -> bool:
@@ -193,57 +141,33 @@ class DecisionRegions(L.Callback):
 
     def _compute(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
         assert self.bank is not None
-        maps = label_maps(pl_module, self.bank, batch_size=self.batch_size)
+        maps = label_maps(pl_module, self.bank, batch_size=self.opts.batch_size)
         rows = pl_module.member_rows() if getattr(pl_module, "members", None) is not None else None
         prev = None if self.prev_pred is None else self.prev_pred.numpy()
-        snap = measure(maps, self.bank, self.num_classes, self.min_region_size, prev,
+        snap = measure(maps, self.bank, self.num_classes, self.opts.min_region_size, prev,
                        None if rows is None else [r["width"] for r in rows])
         self.prev_pred = torch.from_numpy(maps.pred).clone()
         metrics = {"regions/epoch": float(epoch), **snap.metrics}
         log_scalars(trainer, metrics, step=trainer.global_step)
-        run = RunFolder.of(trainer)
+        run, step = RunFolder.of(trainer), int(trainer.global_step)
         npz = run.regions_maps(epoch)
-        atomic_save_npz(npz, epoch=np.int64(epoch), step=np.int64(trainer.global_step),
-                        **snap.arrays, **maps.arrays())
-        entry: dict[str, Any] = {"epoch": epoch, "step": int(trainer.global_step), "maps": npz.name,
+        atomic_save_npz(npz, epoch=np.int64(epoch), step=np.int64(step), **snap.arrays, **maps.arrays())
+        entry: dict[str, Any] = {"epoch": epoch, "step": step, "maps": npz.name,
                                  **{k: float(v) for k, v in metrics.items()}}
         if rows is not None:
             entry["members"] = [{**r, **m} for r, m in zip(rows, snap.members or [], strict=True)]
-        if self.render_planes > 0:
-            from overparam_lit.regions import render
+        if self.opts.render_planes > 0:
+            from overparam_lit.regions.render import snapshot_picture
 
-            first = maps.pred if rows is None else maps.pred[0]
-            conf = maps.confidence if rows is None else maps.confidence[0]
-            planes = list(range(min(self.render_planes, self.bank.num_planes)))
-            png = render.plane_row(first, self.bank, planes, self.num_classes, run.regions_picture(epoch),
-                                   confidence=conf, cell=4.0 if len(planes) == 1 else 2.2,
-                                   title=f"epoch {epoch}: {metrics['regions/fragmentation']:.2f} regions "
-                                   "per class" + ("" if rows is None else " (member mean; member 0 shown)"))
+            png = snapshot_picture(maps, self.bank, self.opts.render_planes, self.num_classes,
+                                   run.regions_picture(epoch), epoch, metrics["regions/fragmentation"])
             entry["picture"] = png.name
-            if self.log_images:
+            if self.opts.log_images:
                 log_image(trainer, "regions/planes", png, caption=f"epoch {epoch}")
         self.history.append(entry)
         atomic_write_json({"bank": str(self._bank_file(trainer)), "snapshots": self.history},
                           run.regions_history)
 
-    def _render_summary(self, trainer: L.Trainer) -> None:
-        from overparam_lit.regions import render
-
-        assert self.bank is not None
-        run = RunFolder.of(trainer)
-        done = [h for h in self.history if "maps" in h and (run.regions / h["maps"]).exists()]
-        if not done:
-            return
-        preds = [load_label_maps(str(run.regions / h["maps"])).pred for h in done]
-        preds = [p if p.ndim == 3 else p[0] for p in preds]
-        planes = list(range(min(self.render_planes, self.bank.num_planes)))
-        pics = render.summary_pictures(preds, [f"epoch {h['epoch']}" for h in done], self.bank, planes,
-                                       self.film_plane, self.num_classes, run.regions)
-        if self.log_images:
-            log_image(trainer, "regions/overview", pics["overview"])
-            log_image(trainer, "regions/filmstrip", pics["filmstrip"])
-
-    # ---- checkpoint state ----------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
         """The agreement chain (previous map) and the snapshot history (weights-only safe)."""

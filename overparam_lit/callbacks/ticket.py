@@ -6,11 +6,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
-import torch
 from typing_extensions import override
 
 from overparam_lit import pruning
-from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_members
+from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits
 from overparam_lit.models.stack import control_seed
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import atomic_write_json, check, log_scalars
@@ -61,22 +60,12 @@ class TicketStart(MaskedTraining):
             return
         ticket = pruning.load_ticket(self.ticket)
         pruning.check_ticket(ticket, pl_module)
-        members = getattr(pl_module, "members", None)
         rows = pl_module.member_rows() if hasattr(pl_module, "member_rows") else [{"seed": 0}]
         seeds = [control_seed(self.seed, r["seed"]) for r in rows]
-        fresh = (lambda: pl_module.fresh_state(seeds)) if hasattr(pl_module, "fresh_state") else None
-        net = getattr(pl_module, "net", None)
-        base = {f"net.{n}": m for n, m in (getattr(net, "structure", None) or {}).items()}
-        self.masks = pruning.start_from_ticket(pl_module, ticket, self.mode, self.sigma,
-                                               seeds if members is not None else seeds[0], fresh, base)
+        self.masks, info = pruning.start_module(pl_module, ticket, self.mode, self.sigma, seeds)
         self._started = True
-        kept = ticket.masks if self.masks is None else self.masks
-        reports = pruning.member_reports(kept, base, None if members is None else len(members))
-        dens = [1.0 if self.masks is None else r["total"]["density"] for r in reports]
         self._info = {"ticket": self.ticket, "mode": self.mode, "sigma": self.sigma, "seed": self.seed,
-                      "density": sum(dens) / len(dens),
-                      "ticket_density": sum(r["total"]["density"] for r in reports) / len(reports),
-                      "ticket_meta": {k: v for k, v in ticket.meta.items() if k != "members"}}
+                      **info}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -88,9 +77,7 @@ class TicketStart(MaskedTraining):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics: dict[str, torch.Tensor] = {}
-        for split in self.eval_splits:
-            metrics.update(evaluate_members(trainer, pl_module, split))
+        metrics = evaluate_splits(trainer, pl_module, self.eval_splits)
         means = {k: float(v.mean()) for k, v in metrics.items()}
         result: dict[str, Any] = {**self._info, **means}
         if getattr(pl_module, "members", None) is not None:

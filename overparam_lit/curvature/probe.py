@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,15 +20,19 @@ from torch import Tensor, nn
 from overparam_lit.curvature.hvp import HessianOperator, layer_subsets
 from overparam_lit.curvature.lanczos import lanczos_batched
 from overparam_lit.curvature.members import MemberHessian
+from overparam_lit.curvature.plots import densities
 from overparam_lit.curvature.spectrum import SpectrumSummary, hessian_spectrum_batched
-from overparam_lit.utils import check
+from overparam_lit.utils import ConfigError, check
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+METHODS = ("auto", "jvp", "double_backward")
 
 
 @dataclass(frozen=True)
 class ProbeOptions:
-    """What a probe computes (see :class:`overparam_lit.callbacks.hessian.HessianProbe`)."""
+    """What a probe computes (:class:`overparam_lit.callbacks.hessian.HessianProbe` documents each
+    setting), checked on construction; ``dtype`` may be given by name (``float32``, ``float64``)."""
 
     k: int = 5
     lanczos_iters: int = 100
@@ -40,6 +45,76 @@ class ProbeOptions:
     method: str = "auto"
     dtype: torch.dtype = torch.float32
     bottom_iters: int | None = None
+    probe_size: int = 1000
+    split: str = "train"
+    density_width: float = 0.01
+
+    def __post_init__(self) -> None:
+        k, bottom = self.k, self.bottom_iters
+        check(isinstance(self.probe_size, int) and self.probe_size >= 1, "the probe set is empty",
+              self.probe_size, "Set probe_size to a positive number of samples, e.g. 1000.")
+        check(self.chunk_size is None or self.chunk_size >= 1, "chunk_size must be >= 1", self.chunk_size,
+              "Use e.g. 1000.")
+        check(isinstance(k, int) and k >= 1, "k must be a positive integer", k, "Use e.g. 5.")
+        check(self.lanczos_iters >= 2 * k, f"lanczos_iters must be at least 2k = {2 * k} for k = {k}",
+              self.lanczos_iters, f"Set lanczos_iters >= {2 * k} (100 is typical) or lower k.")
+        check(bottom is None or bottom >= 2 * k, f"bottom_iters must be at least 2k = {2 * k}",
+              bottom, "Leave it unset to use lanczos_iters, or raise it.")
+        check(self.tol >= 0, "tol must be >= 0", self.tol, "Use e.g. 1e-4.")
+        check(self.slq_runs >= 0, "slq_runs must be >= 0", self.slq_runs, "Use e.g. 10 (0 skips SLQ).")
+        check(self.slq_iters >= 1, "slq_iters must be >= 1", self.slq_iters, "Use e.g. 80.")
+        check(self.negative_eps >= 0, "negative_eps must be >= 0", self.negative_eps, "Use e.g. 1e-2.")
+        check(self.density_width > 0, "density_width must be > 0", self.density_width, "Use e.g. 0.01.")
+        check(self.method in METHODS, "unknown HVP method", self.method,
+              "Use 'auto', 'jvp' or 'double_backward'.")
+        check(self.dtype in DTYPES or self.dtype in DTYPES.values(), "unknown dtype", self.dtype,
+              "Use 'float32' or 'float64'.")
+        object.__setattr__(self, "dtype", DTYPES.get(self.dtype, self.dtype))  # type: ignore[call-overload]
+
+
+def check_k(k: int, dims: Sequence[int]) -> None:
+    """Refuse ``k`` eigenvalues per end of a Hessian whose subset has fewer than ``k`` dimensions."""
+    check(k <= min(dims), "k (eigenvalues per end) exceeds the number of parameters", k,
+          f"The Hessian subset has {min(dims)} parameters; set k <= {min(dims)}.")
+
+
+def member_count(module: nn.Module) -> int | None:
+    """``M`` for a stack (a model with ``members``), ``None`` for a single model."""
+    return module.num_members if getattr(module, "members", None) is not None else None
+
+
+def probe_loss(module: nn.Module) -> LossFn:
+    """The loss a probe differentiates: the module's ``loss``, or for a stack the sum of its
+    members' mean losses (``member_losses``), whose Hessian is block diagonal."""
+    if member_count(module) is not None:
+        return lambda out, y: module.member_losses(out, y).sum()
+    return module.loss
+
+
+def check_probe_fit(module: nn.Module, datamodule: Any) -> None:
+    """Refuse a data module without ``probe_set(num_samples, split, seed)`` or a module without
+    ``loss(outputs, targets)``."""
+    check(datamodule is not None and hasattr(datamodule, "probe_set"),
+          "HessianProbe needs a data module with a probe_set(num_samples, split, seed) method",
+          type(datamodule).__name__, "Train with an overparam-lit data module (ArrayDataModule).")
+    check(hasattr(module, "loss"), "HessianProbe needs the module's loss(outputs, targets)",
+          type(module).__name__, "Use an OverparamModule or define loss().")
+
+
+@torch.no_grad()
+def check_scalar_loss(module: nn.Module, x: Tensor, y: Tensor) -> None:
+    """Refuse a module whose ``loss(outputs, targets)`` is not a scalar mean (tried on two samples of
+    ``(x, y)`` in eval mode; a stack's first member)."""
+    net = getattr(module, "net", module)
+    device = next(module.parameters()).device
+    was = net.training
+    net.eval()
+    out = module(x[:2].to(device))
+    loss = module.loss(out[0] if member_count(module) is not None else out, y[:2].to(device))
+    net.train(was)
+    if not (torch.is_tensor(loss) and loss.ndim == 0):
+        raise ConfigError(f"HessianProbe needs a scalar mean loss (got shape "
+                          f"{tuple(torch.as_tensor(loss).shape)}). Make loss() reduce with mean.")
 
 
 def _operator(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: Sequence[str],
@@ -67,9 +142,7 @@ def probe_spectra(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: 
     (``members=None``), else one per member (``loss_fn`` is then the *sum* of the members' mean
     losses and ``masks`` hold each member's kept entries with a leading member axis)."""
     matvec, mask = _operator(net, loss_fn, x, y, names, masks, members, opts, distributed, buffers)
-    dims = [int(d) for d in mask.sum(1)]
-    check(opts.k <= min(dims), "k (eigenvalues per end) exceeds the number of parameters", opts.k,
-          f"The Hessian subset has {min(dims)} parameters; set k <= {min(dims)}.")
+    check_k(opts.k, [int(d) for d in mask.sum(1)])
     return hessian_spectrum_batched(
         matvec, mask, k=opts.k, lanczos_iters=opts.lanczos_iters, tol=opts.tol, slq_runs=opts.slq_runs,
         slq_iters=opts.slq_iters, negative_eps=opts.negative_eps, seed=opts.seed, dtype=opts.dtype,
@@ -122,3 +195,60 @@ def stacked_arrays(summaries: Sequence[SpectrumSummary]) -> dict[str, np.ndarray
             padded[(i, *tuple(slice(0, s) for s in a.shape))] = a
         out[key] = padded
     return out
+
+
+def probe_network(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: Sequence[str],
+                  masks: Mapping[str, Tensor], members: int | None, opts: ProbeOptions,
+                  distributed: bool = False, buffers: Mapping[str, Tensor] | None = None,
+                  eval_mode: bool = True, per_layer: bool = False
+                  ) -> tuple[list[SpectrumSummary], dict[str, list[float]]]:
+    """One probe that leaves training untouched: :func:`probe_spectra` (and, with ``per_layer``,
+    :func:`layer_lambda_max`) in eval mode when ``eval_mode``, with gradients on, autocast off and
+    the RNG state restored afterwards, as are the modules' training modes."""
+    device = next(net.parameters()).device
+    modes = {m: m.training for m in net.modules()}
+    try:
+        if eval_mode:
+            net.eval()
+        cuda = [device] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.inference_mode(False), torch.enable_grad(), \
+                torch.autocast(device.type, enabled=False):
+            args = (net, loss_fn, x, y, names, masks, members, opts, distributed, buffers)
+            summaries = probe_spectra(*args)
+            layers = layer_lambda_max(*args) if per_layer else {}
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+    return summaries, layers
+
+
+def probe_scalars(summaries: Sequence[SpectrumSummary], layers: Mapping[str, Sequence[float]],
+                  seconds: float, step: int, epoch: int) -> dict[str, float]:
+    """The logged ``hessian/*`` scalars of a probe (:func:`member_means`, each layer's mean
+    ``lambda_max``, ``seconds``, ``step`` and ``epoch``) as plain floats (weights-only checkpoints)."""
+    scalars = member_means(summaries)
+    scalars.update({f"hessian/layer/{k}/lambda_max": float(np.mean(v)) for k, v in layers.items()})
+    scalars.update({"hessian/seconds": seconds, "hessian/step": float(step), "hessian/epoch": float(epoch)})
+    return {k: float(v) for k, v in scalars.items()}
+
+
+def probe_arrays(summaries: Sequence[SpectrumSummary], layers: Mapping[str, Sequence[float]], step: int,
+                 epoch: int, rows: Sequence[Mapping[str, Any]] | None, density_width: float
+                 ) -> tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray, float] | None]:
+    """The arrays of a probe's ``.npz``: the summaries' (a leading member axis for a stack, whose
+    member ``rows`` give ``member_seed`` and ``member_width``; ``None`` for a single model),
+    ``step``, ``epoch``, ``layer_lambda_max/<layer>`` and, when every summary has SLQ,
+    ``density_grid``, ``density`` and ``density_sigma``. Returns them and the densities
+    ``(grid, (M, G), sigma)`` (``None`` without SLQ)."""
+    stacked = rows is not None
+    arrays = stacked_arrays(summaries) if stacked else summaries[0].arrays()
+    arrays.update(step=np.int64(step), epoch=np.int64(epoch))
+    arrays.update({f"layer_lambda_max/{k}": np.asarray(v if stacked else v[0]) for k, v in layers.items()})
+    if rows is not None:
+        arrays.update(member_seed=np.array([r["seed"] for r in rows]),
+                      member_width=np.array([r["width"] for r in rows]))
+    if not all(s.slq is not None for s in summaries):
+        return arrays, None
+    grid, dens, sigma = densities(summaries, density_width)
+    arrays.update(density_grid=grid, density=dens if stacked else dens[0], density_sigma=np.float64(sigma))
+    return arrays, (grid, dens, sigma)

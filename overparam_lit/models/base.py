@@ -159,7 +159,7 @@ class OverparamModule(L.LightningModule):
         self.member_num_params = self._member_param_counts()
         self.num_params = int(round(sum(self.member_num_params) / len(self.member_num_params)))
         self._build_metrics()
-        self._structure: list[tuple[Tensor, Tensor]] = []
+        self._structure = pruning.Masks({})
         self._first_bad_step: Tensor | None = None
 
     # ---- the one method a new study overrides -------------------------------------------
@@ -479,10 +479,10 @@ class OverparamModule(L.LightningModule):
     def on_test_start(self) -> None:
         self.log_model_size()
 
-    def log_model_size(self) -> None:
+    def log_model_size(self, again: bool = False) -> None:
         """Log ``model/num_params`` and ``model/width`` (member means) to every logger, once per
-        trainer (a fit followed by its test logs them once)."""
-        if getattr(self.trainer, "_overparam_logged_size", False):
+        trainer (a fit followed by its test logs them once) unless ``again`` (the network changed)."""
+        if getattr(self.trainer, "_overparam_logged_size", False) and not again:
             return
         self.trainer._overparam_logged_size = True
         if self.trainer.global_rank == 0:
@@ -536,21 +536,14 @@ class OverparamModule(L.LightningModule):
 
     # ---- structural masks of padded members -----------------------------------------------
     def _bind_structure(self) -> None:
-        structure = getattr(self.net, "structure", {}) or {}
-        params = dict(self.net.named_parameters())
-        self._structure = [(params[n], m.to(device=params[n].device, dtype=params[n].dtype))
-                           for n, m in structure.items()]
-        if self._structure:
-            pruning.apply_masks_(*zip(*self._structure, strict=True))
+        self._structure = pruning.structural_masks(self).bind(dict(self.named_parameters()))
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Padding of narrower members gets no gradient (its weights stay exactly zero)."""
-        if self._structure:
-            pruning.mask_grads_(*zip(*self._structure, strict=True))
+        self._structure.mask_grads_()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._structure:
-            pruning.apply_masks_(*zip(*self._structure, strict=True))
+        self._structure.apply_()
 
     # ---- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> object:

@@ -1,7 +1,18 @@
 """Pruning as pure functions (torch only): selection, magnitude and random masks, structured
-channel groups through torch-pruning, and ticket starts with their controls."""
+channel groups through torch-pruning, ticket starts with their controls, the mask type of masked
+training and the level state of IMP."""
 
-from overparam_lit.pruning.imp import ImpLevels
+from overparam_lit.pruning.binding import Masks, structural_masks
+from overparam_lit.pruning.imp import (
+    GRANULARITIES,
+    REWIND_MODES,
+    ImpLevels,
+    ImpOptions,
+    ImpTargets,
+    example_input,
+    imp_targets,
+    level_scalars,
+)
 from overparam_lit.pruning.masks import (
     SCOPES,
     apply_masks_,
@@ -34,13 +45,24 @@ from overparam_lit.pruning.tickets import (
     fresh_init_state,
     load_state_,
     load_ticket,
+    module_state,
     start_from_ticket,
+    start_module,
 )
 
 __all__ = [
+    "GRANULARITIES",
+    "REWIND_MODES",
     "SCHEDULES",
     "SCOPES",
     "ImpLevels",
+    "ImpOptions",
+    "ImpTargets",
+    "Masks",
+    "example_input",
+    "imp_targets",
+    "level_scalars",
+    "structural_masks",
     "SparsitySchedule",
     "initial_masks",
     "member_reports",
@@ -64,6 +86,7 @@ __all__ = [
     "load_state_",
     "load_ticket",
     "magnitude_prune",
+    "module_state",
     "mask_grads_",
     "mask_optimizer_state_",
     "output_layer_name",
@@ -73,4 +96,5 @@ __all__ = [
     "random_masks_like",
     "sparsity_report",
     "start_from_ticket",
+    "start_module",
 ]

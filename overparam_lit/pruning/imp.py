@@ -1,8 +1,12 @@
 """The state of an iterative-magnitude-pruning run, level by level (no Lightning).
 
-:class:`ImpLevels` owns what IMP remembers between levels: the current level, the masks, the
-rewind snapshot, the best validation accuracy seen during the level, and the level records that
-``summary.json`` lists. A Lightning callback only calls it at the right hooks and writes files.
+:class:`ImpOptions` holds and checks the settings of a run. :class:`ImpLevels` owns what IMP
+remembers between levels: the current level, the masks, the rewind snapshot, the best validation
+accuracy seen during the level, and the level records that ``summary.json`` lists; it decides
+when a level ends and when the rewind point is reached. :func:`imp_targets` finds what a model
+prunes (its Linear/Conv weights, the output layer, a stack's structural masks) and
+:meth:`ImpLevels.attach` starts the levels on a model. A Lightning callback only calls them at
+the right hooks and writes files.
 """
 
 from __future__ import annotations
@@ -12,11 +16,146 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from overparam_lit.pruning.members import initial_masks, member_reports, prune_members
+from overparam_lit.pruning.binding import Masks, structural_masks
+from overparam_lit.pruning.masks import SCOPES
+from overparam_lit.pruning.members import initial_masks, member_reports, own_counts, prune_members
 from overparam_lit.pruning.schedule import SparsitySchedule
-from overparam_lit.pruning.structured import ChannelGroup, group_masks, prune_channels
+from overparam_lit.pruning.select import PrunableWeight, output_layer_name, prunable_weights
+from overparam_lit.pruning.structured import (
+    ChannelGroup,
+    channel_groups,
+    channel_report,
+    export_pruned,
+    group_masks,
+    prune_channels,
+)
+from overparam_lit.pruning.tickets import load_state_, module_state
+from overparam_lit.utils import ConfigError, check
+
+REWIND_MODES = ("weights", "lr", "finetune")
+GRANULARITIES = ("unstructured", "structured")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class ImpOptions:
+    """The settings of an IMP run, checked on construction (the arguments of
+    :class:`~overparam_lit.callbacks.imp.IterativeMagnitudePruning`, which documents them).
+
+    :attr:`sparsity` is the :class:`SparsitySchedule` they describe; with ``densities`` its number
+    of levels is the number of densities.
+    """
+
+    levels: int = 3
+    fraction: float = 0.2
+    schedule: str = "geometric"
+    final_density: float | None = None
+    densities: Sequence[float] | None = None
+    epochs_per_level: int | None = None
+    scope: str = "global"
+    rewind: str = "weights"
+    rewind_step: int = 0
+    output_fraction: float = 0.0
+    output_layer: str | None = None
+    prune_biases: bool = False
+    granularity: str = "unstructured"
+    eval_splits: Sequence[str] = ("val", "test")
+    save_final_weights: bool = True
+    sparsity: SparsitySchedule = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        dens = None if self.densities is None else tuple(self.densities)
+        object.__setattr__(self, "densities", dens)
+        levels = self.levels if dens is None else len(dens)
+        sparsity = SparsitySchedule(levels, self.schedule, self.fraction, self.final_density, dens)
+        object.__setattr__(self, "sparsity", sparsity)
+        epl, rewind, step = self.epochs_per_level, self.rewind, self.rewind_step
+        check(epl is None or (isinstance(epl, int) and epl >= 1),
+              "epochs_per_level must be a positive integer or null", epl,
+              "Set epochs_per_level, or leave it null to use trainer.max_epochs per level.")
+        check(self.scope in SCOPES, "unknown IMP scope", self.scope, f"Use one of {SCOPES}.")
+        check(rewind in REWIND_MODES, "unknown IMP rewind mode", rewind, f"Use one of {REWIND_MODES}.")
+        check(isinstance(step, int) and step >= 0, "rewind_step must be an integer >= 0",
+              step, "Set rewind_step to an optimizer step of level 0 (0 = initialisation).")
+        check(rewind == "weights" or step == 0, "rewind_step only applies to rewind mode 'weights'",
+              (rewind, step), "Set rewind_step: 0 or rewind: weights.")
+        check(0.0 <= self.output_fraction < 1.0, "output_fraction must lie in [0, 1)", self.output_fraction,
+              "Use 0 to keep the output layer dense, or e.g. 0.1 (half the rate of 0.2).")
+        check(self.granularity in GRANULARITIES, "unknown IMP granularity", self.granularity,
+              f"Use one of {GRANULARITIES}.")
+        check(all(s in SPLITS for s in self.eval_splits), "unknown split in eval_splits",
+              list(self.eval_splits), "Use a subset of ['train', 'val', 'test'].")
+        object.__setattr__(self, "rewind_step", int(step))
+        object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
+
+    def config(self, epochs_per_level: int | None) -> dict[str, Any]:
+        """``summary.json``'s ``config`` (``epochs_per_level`` as resolved for the fit)."""
+        sched = self.sparsity
+        return {"levels": sched.levels, "schedule": sched.kind, "densities": sched.all(),
+                "fraction": sched.fraction, "epochs_per_level": epochs_per_level, "scope": self.scope,
+                "rewind": self.rewind, "rewind_step": self.rewind_step,
+                "output_fraction": self.output_fraction, "prune_biases": self.prune_biases,
+                "granularity": self.granularity}
+
+
+@dataclass
+class ImpTargets:
+    """What IMP prunes in a model.
+
+    Attributes:
+        weights: the prunable tensors (names as in ``module.named_parameters()``).
+        output_layer: module name of the output layer (``None``: the model has none).
+        prefix: ``"net."`` when the model keeps its network in ``.net``, else ``""``.
+        base: a stack's structural masks (empty for a single model or equal widths).
+        num_members: ``M`` for a stack, ``None`` for a single model.
+    """
+
+    weights: list[PrunableWeight]
+    output_layer: str | None
+    prefix: str
+    base: Masks
+    num_members: int | None
+
+
+def imp_targets(module: nn.Module, output_layer: str | None = None, include_output: bool = True,
+                include_bias: bool = False) -> ImpTargets:
+    """The prunable weights, output layer and structural masks of ``module`` (a model that keeps
+    its network in ``.net``, such as an ``OverparamModule``, or a plain network).
+
+    Raises :class:`ConfigError` when ``output_layer`` is not a module of the model, or when the
+    model has no prunable weight.
+    """
+    members = getattr(module, "members", None)
+    net = getattr(module, "net", module)
+    prefix = "net." if net is not module else ""
+    out_name = output_layer
+    if out_name is None:
+        found = output_layer_name(net)
+        out_name = None if found is None else prefix + found
+    check(out_name is None or out_name in dict(module.named_modules()),
+          "output_layer is not a module of the model", out_name,
+          "Give its name in model.named_modules(), e.g. 'net.5'.")
+    weights = prunable_weights(module, include_output, out_name, include_bias)
+    check(len(weights) > 0, "the model has no prunable weights (Linear/Conv weights)",
+          type(module).__name__, "IMP prunes Linear and Conv layers; use a model that has some.")
+    return ImpTargets(weights, out_name, prefix, structural_masks(module),
+                      None if members is None else len(members))
+
+
+def example_input(module: nn.Module) -> Tensor:
+    """A zero batch of one input of ``module.input_shape`` on the module's device."""
+    return torch.zeros(1, *module.input_shape, device=next(module.parameters()).device)
+
+
+def level_scalars(record: Mapping[str, Any]) -> dict[str, float]:
+    """The scalars logged at the end of a level: ``imp/level``, ``imp/density``, ``imp/sparsity``
+    and every ``<split>/<metric>`` of the record as ``imp/<split>_<metric>``."""
+    log = {"imp/level": record["level"], "imp/density": record["density"], "imp/sparsity": record["sparsity"]}
+    log.update({f"imp/{k.replace('/', '_')}": record[k] for k in record
+                if "/" in k and isinstance(record[k], float)})
+    return log
 
 
 @dataclass
@@ -33,6 +172,9 @@ class ImpLevels:
         prunable: names the densities are counted over (default: every masked tensor).
         groups: channel groups for structured pruning (single models): whole neurons and channels
             are pruned by norm, and :attr:`keep` holds the kept channels of every group.
+        epochs_per_level: epochs of one level (:meth:`resolve_epochs`).
+
+    A model's names, members, structural masks and groups are filled in by :meth:`attach`.
     """
 
     schedule: SparsitySchedule
@@ -49,6 +191,148 @@ class ImpLevels:
     snapshot: dict[str, Tensor] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, list[float]] = field(default_factory=dict)
+    epochs_per_level: int | None = None
+
+    @classmethod
+    def from_options(cls, opts: ImpOptions) -> ImpLevels:
+        """Levels of IMP with ``opts``, not yet attached to a model (:meth:`attach`)."""
+        return cls(opts.sparsity, opts.scope, opts.output_fraction)
+
+    def attach(self, module: nn.Module, opts: ImpOptions) -> None:
+        """Find what IMP prunes in ``module`` and start (density-1 masks, unless restored); a no-op
+        once attached.
+
+        Raises :class:`ConfigError` for a model IMP cannot prune with ``opts``: no prunable weight,
+        a structured run of a stack or of a model without channel groups, or a schedule that keeps
+        no weight of some member at its last level.
+        """
+        if self.prunable is not None:
+            return
+        targets = imp_targets(module, opts.output_layer, opts.output_fraction > 0, opts.prune_biases)
+        members, base, params = targets.num_members, targets.base, dict(module.named_parameters())
+        self.output_names = [w.name for w in targets.weights if w.is_output]
+        self.num_members, self.base = members, base
+        masked = {w.name: params[w.name] for w in targets.weights}
+        if opts.granularity == "structured":
+            check(members is None, "structured IMP prunes single models only", members or 0,
+                  "Use granularity 'unstructured' with members, or fit without --model.seeds/widths.")
+            out, prefix = targets.output_layer, targets.prefix
+            try:
+                self.groups = channel_groups(getattr(module, "net", module), example_input(module),
+                                             out[len(prefix):], prefix=prefix)  # type: ignore[index]
+            except (ValueError, TypeError) as err:
+                raise ConfigError(f"structured IMP cannot prune this model: {err}") from err
+            check(len(self.groups) > 0, "the model has no prunable neuron or channel groups",
+                  type(module).__name__, "Use granularity 'unstructured' or a model with hidden layers.")
+            masked = params
+        self.start(masked)
+        prunable = {w.name: params[w.name] for w in targets.weights}
+        counts = [own_counts(prunable, base, i if members else None) for i in range(members or 1)]
+        opts.sparsity.check_counts(counts, layerwise=opts.scope == "layerwise")
+        self.prunable = list(prunable)
+
+    def resolve_epochs(self, max_epochs: int | None, max_steps: int | None, opts: ImpOptions) -> str | None:
+        """Fix the epochs of one level, unless restored: ``opts.epochs_per_level``, else the
+        trainer's ``max_epochs``; returns a note when the fit's ``max_epochs`` changes. A fit
+        limited by ``max_steps`` is refused (IMP runs whole levels)."""
+        note = None
+        if self.epochs_per_level is None:
+            epl = opts.epochs_per_level if opts.epochs_per_level is not None else max_epochs
+            check(epl is not None and epl >= 1,
+                  "IMP needs the epochs of one level: trainer.max_epochs is unset", max_epochs,
+                  "Set trainer.max_epochs (epochs per level) or the callback's epochs_per_level.")
+            self.epochs_per_level = int(epl)
+            if max_epochs not in (None, -1, self.epochs_per_level, self.total_epochs):
+                note = (f"IMP sets max_epochs to {self.total_epochs} "
+                        f"({self.schedule.levels + 1} levels x {self.epochs_per_level} epochs).")
+        check(max_steps in (None, -1), "IMP runs whole levels, but trainer.max_steps is set",
+              max_steps, "Remove trainer.max_steps; IMP sets max_epochs = levels x epochs.")
+        return note
+
+    @property
+    def total_epochs(self) -> int:
+        """``(levels + 1) * epochs_per_level`` once resolved."""
+        assert self.epochs_per_level is not None
+        return (self.schedule.levels + 1) * self.epochs_per_level
+
+    def check_rewind_step(self, num_batches: float, accumulate: int, opts: ImpOptions) -> None:
+        """Refuse a ``rewind_step`` past the end of a level of ``num_batches`` batches per epoch."""
+        if num_batches != float("inf"):
+            per_level = int(self.epochs_per_level or 0) * -(-int(num_batches) // max(1, accumulate))
+            check(opts.rewind_step <= per_level, "rewind_step is past the end of a level", opts.rewind_step,
+                  f"A level has {per_level} optimizer steps; choose rewind_step <= {per_level}.")
+
+    def due(self, epoch: int) -> bool:
+        """Whether training epoch ``epoch`` (0-based, about to start) belongs to a later level."""
+        assert self.epochs_per_level is not None
+        return epoch // self.epochs_per_level > self.level
+
+    def unfinished(self, epochs_done: int) -> bool:
+        """Whether the current level has run all its epochs but has no record yet."""
+        assert self.epochs_per_level is not None
+        done = {h["level"] for h in self.history}
+        return epochs_done >= (self.level + 1) * self.epochs_per_level and self.level not in done
+
+    def wants_snapshot(self, step: int, opts: ImpOptions) -> bool:
+        """Whether the state after optimizer step ``step`` is the rewind point not yet taken: step
+        ``rewind_step`` of level 0 (rewind ``weights``), or the initial state for every mode."""
+        return (self.level == 0 and self.snapshot is None and step == opts.rewind_step
+                and (opts.rewind == "weights" or step == 0))
+
+    def initial_start(self, module: nn.Module, step: int, opts: ImpOptions) -> dict[str, Tensor] | None:
+        """At the very start of a fit (level 0, step 0) the state level 0 starts from, having taken
+        it as the rewind point if that is the initial state; ``None`` later (a resumed fit)."""
+        if self.level != 0 or step != 0:
+            return None
+        if self.wants_snapshot(0, opts):
+            self.snapshot = module_state(module)
+        return module_state(module)
+
+    def rewind_(self, module: nn.Module, opts: ImpOptions) -> dict[str, Tensor]:
+        """Set ``module`` to the start of the next level and return that state (``rewind.pt``): the
+        rewind point for rewind ``weights``, else the trained weights as they are."""
+        if opts.rewind != "weights":
+            return module_state(module)
+        check(self.snapshot is not None, "the rewind step was never reached in level 0",
+              opts.rewind_step, "Choose a rewind_step within the first level.")
+        load_state_(module, self.snapshot)
+        return self.snapshot
+
+    def proposal(self, module: nn.Module, level: int, compute: bool = True) -> dict[str, Tensor]:
+        """The masks of ``level`` from ``module``'s weights (:meth:`next_masks`), or, without
+        ``compute``, the current masks (a placeholder for a rank that receives them)."""
+        assert self.masks is not None
+        if not compute:
+            return dict(self.masks)
+        params = dict(module.named_parameters())
+        return self.next_masks({n: params[n].detach() for n in self.masks}, level)
+
+    def finish(self, module: nn.Module, final: Mapping[str, Tensor], epoch: int, step: int,
+               export: bool = True) -> tuple[dict[str, Any], dict[str, Any], nn.Module | None]:
+        """Record the finished level (:meth:`record`, with ``module``'s member rows); returns the
+        record, ``sparsity.json`` (:meth:`level_report`) and, for a structured run with ``export``,
+        the exported network, whose size the record lists as ``exported_params``."""
+        rows = module.member_rows() if hasattr(module, "member_rows") else [{}]
+        record = self.record(final, rows, epoch, step)
+        small = self.export(module) if export and self.groups is not None else None
+        if small is not None:
+            record["exported_params"] = sum(p.numel() for p in small.parameters())
+        return record, self.level_report(), small
+
+    def level_report(self) -> dict[str, Any]:
+        """``sparsity.json`` of the current level: a single model's report, else every member's
+        under ``members``; structured runs add the kept channels under ``channels``."""
+        reports = self.reports()
+        report: dict[str, Any] = reports[0] if len(reports) == 1 and self.num_members is None \
+            else {"members": reports}
+        if self.groups is not None:
+            report["channels"] = channel_report(self.groups, self.keep)
+        return report
+
+    def export(self, module: nn.Module) -> nn.Module:
+        """The structurally pruned network of ``module`` (``module.net`` with only the kept channels)."""
+        assert self.keep is not None
+        return export_pruned(module.net, example_input(module), self.keep, prefix="net.")
 
     def start(self, weights: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Density-1 masks of the prunable ``weights`` (unless already restored)."""
@@ -122,7 +406,8 @@ class ImpLevels:
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint needs to resume the run exactly."""
         return {"level": self.level, "masks": self.masks, "snapshot": self.snapshot,
-                "history": self.history, "best": self.best, "keep": self.keep}
+                "history": self.history, "best": self.best, "keep": self.keep,
+                "epochs_per_level": self.epochs_per_level}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -132,3 +417,5 @@ class ImpLevels:
         self.history = list(state["history"])
         self.best = dict(state.get("best") or {})
         self.keep = state.get("keep")
+        if state.get("epochs_per_level") is not None:
+            self.epochs_per_level = int(state["epochs_per_level"])

@@ -12,11 +12,14 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from overparam_lit.pruning.binding import Masks, load_tensors, structural_masks
 from overparam_lit.pruning.masks import random_masks_like
+from overparam_lit.pruning.members import member_reports
 from overparam_lit.utils import ConfigError, check
 
 TICKET_MODES = ("ticket", "random_reinit", "random_mask", "perturb_rest")
@@ -31,30 +34,13 @@ class Ticket:
     meta: dict = field(default_factory=dict)
 
 
-def load_tensors(path: str | Path, what: str, fix: str) -> dict[str, Tensor]:
-    """A ``{name: tensor}`` file saved with ``torch.save``, loaded with ``weights_only=True``; a
-    missing, empty, truncated or corrupt file (or a folder) is a :class:`ConfigError` naming it."""
-    path = Path(path)
-    check(path.exists(), f"{what} not found", str(path), fix)
-    check(path.is_file(), f"{what} is a folder, not a file", str(path), fix)
-    check(path.stat().st_size > 0, f"{what} is empty (0 bytes; an interrupted write?)", str(path), fix)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same clear message
-        raise ConfigError(f"{what} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}) "
-                          f"(got {str(path)!r}). The file is truncated or corrupt; {fix}") from None
-    check(isinstance(data, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()),
-          f"{what} does not hold a mapping of names to tensors", str(path), fix)
-    return data
-
-
 def load_ticket(path: str | Path) -> Ticket:
     """Load a ticket from an IMP level folder (``.../imp/level_XX``)."""
     path = Path(path)
     fix = "Point ticket at a folder like runs/<run>/imp/level_03 written by IterativeMagnitudePruning."
     check(path.is_dir(), "ticket folder not found (an IMP level folder holding mask.pt and rewind.pt)",
           str(path), fix)
-    masks = load_tensors(path / "mask.pt", "the ticket's mask.pt", fix)
+    masks = Masks.load(path / "mask.pt", "the ticket's mask.pt", fix)
     state = load_tensors(path / "rewind.pt", "the ticket's rewind.pt", fix)
     meta = {}
     if (path / "metrics.json").is_file():
@@ -62,7 +48,7 @@ def load_ticket(path: str | Path) -> Ticket:
             meta = json.loads((path / "metrics.json").read_text())
         except (OSError, ValueError):
             meta = {}
-    return Ticket(masks={k: v.bool() for k, v in masks.items()}, rewind_state=state, meta=meta)
+    return Ticket(masks=masks.cpu(), rewind_state=state, meta=meta)
 
 
 def check_ticket(ticket: Ticket, model: nn.Module) -> None:
@@ -99,6 +85,13 @@ def fresh_init_state(model: nn.Module, seed: int) -> dict[str, Tensor]:
                 reset()
     return {k: v.detach().clone() for k, v in {**dict(fresh.named_parameters()),
                                                **dict(fresh.named_buffers())}.items()}
+
+
+def module_state(module: nn.Module) -> dict[str, Tensor]:
+    """Every parameter and persistent buffer of ``module``, cloned to the CPU."""
+    items = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    keys = set(module.state_dict(keep_vars=True))
+    return {k: v.detach().to("cpu", copy=True) for k, v in items.items() if k in keys}
 
 
 @torch.no_grad()
@@ -187,3 +180,23 @@ def start_from_ticket(
         for k, m in masks.items():
             params[k].mul_(m.to(params[k].device, params[k].dtype))
     return masks
+
+
+def start_module(module: nn.Module, ticket: Ticket, mode: str = "ticket", sigma: float | None = None,
+                 seeds: Sequence[int] = (0,)) -> tuple[dict[str, Tensor] | None, dict[str, Any]]:
+    """:func:`start_from_ticket` on a model: a stack (a model with ``members``) gets one seed per
+    member and its own ``fresh_state(seeds)`` and structural masks; a single model uses
+    ``seeds[0]``. Returns the masks to train with (``None`` for ``perturb_rest``) and the
+    densities, means over members: ``density`` (of the trained net, 1 for ``perturb_rest``),
+    ``ticket_density`` and the ticket's ``ticket_meta`` (without its member list)."""
+    members = getattr(module, "members", None)
+    fresh = (lambda: module.fresh_state(list(seeds))) if hasattr(module, "fresh_state") else None
+    base = structural_masks(module)
+    masks = start_from_ticket(module, ticket, mode, sigma, list(seeds) if members is not None else seeds[0],
+                              fresh, base)
+    kept = ticket.masks if masks is None else masks
+    reports = member_reports(kept, base, None if members is None else len(members))
+    dens = [1.0 if masks is None else r["total"]["density"] for r in reports]
+    return masks, {"density": sum(dens) / len(dens),
+                   "ticket_density": sum(r["total"]["density"] for r in reports) / len(reports),
+                   "ticket_meta": {k: v for k, v in ticket.meta.items() if k != "members"}}

@@ -14,6 +14,7 @@ from overparam_lit.regions.metrics import (
     fragmentation,
     region_counts,
 )
+from overparam_lit.regions.options import RegionOptions, check_map_size, plane_bank_for
 from overparam_lit.regions.planes import (
     POLICIES,
     PlaneBank,
@@ -30,9 +31,11 @@ __all__ = [
     "LabelMaps",
     "Snapshot",
     "PlaneBank",
+    "RegionOptions",
     "agreement",
     "anchor_consistency",
     "boundary_fraction",
+    "check_map_size",
     "choose_anchors",
     "cohen_kappa",
     "fragmentation",
@@ -42,6 +45,7 @@ __all__ = [
     "make_plane_bank",
     "map_bytes",
     "measure",
+    "plane_bank_for",
     "plane_through",
     "region_counts",
 ]

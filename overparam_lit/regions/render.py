@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from overparam_lit.regions.maps import LabelMaps, load_label_maps
 from overparam_lit.regions.planes import PlaneBank
 from overparam_lit.utils import atomic_savefig
 
@@ -222,3 +223,33 @@ def summary_pictures(
         "filmstrip": filmstrip(preds, bank, film_plane, num_classes, titles, folder / "filmstrip.png"),
         "gif": animate(preds, bank, film_plane, num_classes, titles, folder / "filmstrip.gif"),
     }
+
+
+def snapshot_picture(maps: LabelMaps, bank: PlaneBank, render_planes: int, num_classes: int,
+                     path: str | Path, epoch: int, fragmentation: float) -> Path:
+    """The picture of one snapshot (``epochNNNN.png``): its first ``render_planes`` planes side by
+    side, shaded by confidence, titled with the (member mean) fragmentation; a stack shows
+    member 0."""
+    stacked = maps.pred.ndim == 4
+    pred = maps.pred[0] if stacked else maps.pred
+    conf = maps.confidence[0] if stacked else maps.confidence
+    planes = list(range(min(render_planes, bank.num_planes)))
+    return plane_row(pred, bank, planes, num_classes, path, confidence=conf,
+                     cell=4.0 if len(planes) == 1 else 2.2,
+                     title=f"epoch {epoch}: {fragmentation:.2f} regions per class"
+                     + (" (member mean; member 0 shown)" if stacked else ""))
+
+
+def history_pictures(history: Sequence[dict], folder: str | Path, bank: PlaneBank, render_planes: int,
+                     film_plane: int, num_classes: int) -> dict[str, Path] | None:
+    """:func:`summary_pictures` of the snapshots listed in ``history`` (``history.json``'s
+    entries) whose maps are in ``folder`` (member 0 of a stack); ``None`` when there are none."""
+    folder = Path(folder)
+    done = [h for h in history if "maps" in h and (folder / h["maps"]).exists()]
+    if not done:
+        return None
+    preds = [load_label_maps(str(folder / h["maps"])).pred for h in done]
+    preds = [p if p.ndim == 3 else p[0] for p in preds]
+    planes = list(range(min(render_planes, bank.num_planes)))
+    return summary_pictures(preds, [f"epoch {h['epoch']}" for h in done], bank, planes, film_plane,
+                            num_classes, folder)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import lightning as L
+import torch
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-from imp_common import Blobs, small_mlp  # noqa: E402
-
-from overparam_lit.callbacks.imp import IterativeMagnitudePruning  # noqa: E402
+from overparam_lit.callbacks.imp import IterativeMagnitudePruning
+from overparam_lit.testing import Blobs, small_mlp, tiny_trainer
 
 
 class Desync(L.Callback):
@@ -28,9 +26,7 @@ def main(out: Path) -> None:
     torch.set_num_threads(1)
     L.seed_everything(0)
     cb = IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=1, rewind_step=1)
-    tr = L.Trainer(default_root_dir=str(out), max_epochs=1, accelerator="cpu", devices=2, strategy="ddp",
-                   logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                   enable_model_summary=False, num_sanity_val_steps=0, callbacks=[cb, Desync()])
+    tr = tiny_trainer(out, [cb, Desync()], max_epochs=1, devices=2, strategy="ddp")
     model = small_mlp()
     tr.fit(model, Blobs(batch_size=25))
     torch.save({"masks": cb.masks, "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},

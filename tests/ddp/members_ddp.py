@@ -8,15 +8,14 @@ import torch
 
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
+from overparam_lit.testing import tiny_trainer
 
 if __name__ == "__main__":
     root = Path(sys.argv[1])
     torch.set_num_threads(1)
     L.seed_everything(0, verbose=False)
     model = MLP(width=16, seeds=[0, 1], input_shape=(1, 40))
-    trainer = L.Trainer(default_root_dir=str(root), max_epochs=2, accelerator="cpu", devices=2,
-                        strategy="ddp", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0)
+    trainer = tiny_trainer(root, max_epochs=2, devices=2, strategy="ddp")
     trainer.fit(model, MNIST1D(batch_size=50, train_subset=200))
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()},
                root / f"rank{trainer.global_rank}.pt")
