@@ -84,9 +84,14 @@ def plain_loop(x: torch.Tensor, y: torch.Tensor, net: torch.nn.Module, steps: in
     return time.perf_counter() - start
 
 
+def net_of(width: int, depth: int, input_shape: tuple[int, ...], out: int) -> torch.nn.Module:
+    task = "classification" if out > 1 else "regression"
+    return MLP(width=width, depth=depth, input_shape=input_shape, num_classes=out, task=task).net
+
+
 def stack_of(width: int, depth: int, members: int, input_shape: tuple[int, ...], out: int) -> torch.nn.Module:
     def build(w: int) -> torch.nn.Module:
-        return MLP(width=w, depth=depth, input_shape=input_shape, num_classes=out).net
+        return net_of(w, depth, input_shape, out)
 
     grid = member_grid(range(members), [width])
     return StackedNet(build_members(build, grid), build(width))
@@ -96,10 +101,12 @@ def speedup(root: str, data: list[str], x: torch.Tensor, y: torch.Tensor, width:
             members: int, batch: int, epochs: int, lr: float, repeats: int, out: int) -> dict[str, float]:
     steps = epochs * (x.shape[0] // batch)
     shape = tuple(x.shape[1:])
+    plain_loop(x, y, net_of(width, depth, shape, out), 20, batch, lr)  # warm-up of both loops
+    plain_loop(x, y, stack_of(width, depth, members, shape, out), 20, batch, lr, members)
     best = {"plain": float("inf"), "stacked_plain": float("inf"), "fit": float("inf")}
     for r in range(repeats):
         torch.manual_seed(r)
-        single = MLP(width=width, depth=depth, input_shape=shape, num_classes=out).net
+        single = net_of(width, depth, shape, out)
         best["plain"] = min(best["plain"], plain_loop(x, y, single, steps, batch, lr))
         stack = stack_of(width, depth, members, shape, out)
         best["stacked_plain"] = min(best["stacked_plain"], plain_loop(x, y, stack, steps, batch, lr, members))
