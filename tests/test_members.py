@@ -94,6 +94,39 @@ def test_seed_members_equal_single_fits(tmp_path, cls, kw, precision, opt):
             assert _last(members, key, member=i) == pytest.approx(_last(logged, key), abs=1e-5), key
 
 
+def test_regression_members_equal_single_fits(tmp_path):
+    """Teacher-student regression (MSE): the stacked loss is each member's own mean squared error."""
+    from overparam_lit.data import TeacherStudent
+
+    def fit(model, root, seed):
+        L.seed_everything(seed, verbose=False)
+        trainer = L.Trainer(default_root_dir=str(root), max_epochs=3, accelerator="cpu", logger=False,
+                            enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0)
+        trainer.fit(model, data())
+
+    def data():
+        return TeacherStudent(input_dim=2, teacher_width=4, n_train=256, n_test=64, batch_size=64)
+
+    def build(seed, **kw):
+        L.seed_everything(seed, verbose=False)
+        return MLP(width=5, depth=1, input_shape=(2,), num_classes=1, task="regression", **kw)
+
+    stack = build(0, seeds=[0, 3])
+    fit(stack, tmp_path / "stack", 0)
+    rows = _rows(tmp_path / "stack" / "members.csv")
+    for i, seed in enumerate([0, 3]):
+        single = build(seed)
+        fit(single, tmp_path / f"s{seed}", seed)
+        _compare(stack, single, i, 1e-5)
+        dm = data()
+        dm.setup()
+        x, _, y = dm.splits["val"]
+        with torch.no_grad():
+            own = float(torch.nn.functional.mse_loss(single.eval()(x), y))
+        assert _last(rows, "val/loss", member=i) == pytest.approx(own, rel=1e-5)
+
+
 def test_cnn_adam_float64(tmp_path):
     """Adam turns float32 noise in gradients that are exactly zero (conv biases before BatchNorm)
     into steps of size lr, so BatchNorm nets with Adam are compared in float64."""

@@ -161,6 +161,7 @@ class OverparamModule(L.LightningModule):
         self._build_metrics()
         self._structure = pruning.Masks({})
         self._first_bad_step: Tensor | None = None
+        self._pending: dict[str, Tensor] = {}  # running sums of the epoch, before the metric sees them
 
     # ---- the one method a new study overrides -------------------------------------------
     def build_network(self) -> nn.Module:
@@ -346,10 +347,13 @@ class OverparamModule(L.LightningModule):
         (``(1,)`` for a single model's ``(B, ...)`` outputs)."""
         if self.members is None:
             return self.loss(outputs, targets).reshape(1)
-        if type(self).loss is OverparamModule.loss and self.task == "classification":
+        if type(self).loss is OverparamModule.loss:  # the default losses without vmap's overhead
             m, b = outputs.shape[0], outputs.shape[1]
-            ce = nn.functional.cross_entropy(outputs.reshape(m * b, -1), targets.repeat(m), reduction="none")
-            return ce.reshape(m, b).mean(1)
+            if self.task == "classification":
+                ce = nn.functional.cross_entropy(outputs.reshape(m * b, -1), targets.repeat(m),
+                                                 reduction="none")
+                return ce.reshape(m, b).mean(1)
+            return (outputs - targets.reshape(outputs.shape[1:])).pow(2).reshape(m, -1).mean(1)
         return torch.vmap(self.loss, in_dims=(0, None))(outputs, targets)
 
     def _build_metrics(self) -> None:
@@ -381,22 +385,32 @@ class OverparamModule(L.LightningModule):
             else:
                 cols += [torch.zeros_like(n)] * (len(TRAIN_SUMS if split == "train" else EVAL_SUMS) - 2)
             cols.append(n)
-            self.metric[f"{split}_sums"].update(torch.stack([c.to(n.dtype) for c in cols], dim=1))
+            sums = torch.stack([c.to(n.dtype) for c in cols], dim=1)
+            pending = self._pending.get(split)
+            if pending is None or pending.device != sums.device:
+                self._pending[split] = sums  # summed on the device; the metric sees it once an epoch
+            else:
+                pending.add_(sums)
             if split == "train":
                 self._watch_finite(losses.detach())
         return losses.sum()
 
     def _watch_finite(self, losses: Tensor) -> None:
         """Remember the first step with a non-finite loss per member (no host sync per step)."""
-        if self._first_bad_step is None or self._first_bad_step.device != losses.device:
-            self._first_bad_step = torch.full((self.num_members,), -1, dtype=torch.long, device=losses.device)
-        bad = ~torch.isfinite(losses) & (self._first_bad_step < 0)
-        self._first_bad_step = torch.where(bad, self.trainer.global_step, self._first_bad_step)
+        first = self._first_bad_step
+        if first is None or first.device != losses.device:
+            first = self._first_bad_step = torch.full((self.num_members,), -1, dtype=torch.long,
+                                                      device=losses.device)
+        first.masked_fill_(~torch.isfinite(losses) & (first < 0), self.trainer.global_step)
 
     def member_epoch_metrics(self, split: str) -> dict[str, Tensor]:
         """Each member's metrics ``{key: (M,)}`` of the running epoch of ``split`` (``train``,
         ``val`` or ``test``), reduced over DDP ranks; reading them does not reset them."""
-        sums = self.metric[f"{split}_sums"].compute().double()
+        metric = self.metric[f"{split}_sums"]
+        pending = self._pending.pop(split, None)
+        if pending is not None:
+            metric.update(pending)
+        sums = metric.compute().double()
         count = sums[:, -1].clamp_min(1)
         out = {f"{split}/loss": sums[:, 0] / count}
         if self.task == "classification":
@@ -458,6 +472,7 @@ class OverparamModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._log_epoch("val")
         else:
+            self._pending.pop("val", None)
             self.metric["val_sums"].reset()
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
