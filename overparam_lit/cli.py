@@ -151,7 +151,7 @@ def make_loggers(root: Path, options: WandbOptions, run_config: Mapping[str, Any
             os.environ["WANDB_MODE"] = "offline"
         root = Path(root)
         group = options.group
-        if group is None and root.parent.name == "points":  # a point of scripts/sweep.py
+        if group is None and root.parent.name == "points":  # a fit of `overparam-lit sweep` (OUT/points)
             group = root.parent.parent.name or None
         tags = list(options.tags)
         for key in ("model.class_path", "data.class_path"):
@@ -512,6 +512,10 @@ class OverparamCLI(LightningCLI):
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="After fit, evaluate the test split (test/loss, test/acc in metrics.csv and W&B).")
+        parser.add_argument(
+            "--sweep", type=dict | None, default=None,
+            help="The sweep block of a study config (configs/study_*.yaml), read by `overparam-lit sweep`; "
+                 "fit ignores it and runs the config's base point.")
 
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         """The parser, named ``overparam-lit`` however the CLI was started."""
@@ -706,6 +710,8 @@ class OverparamCLI(LightningCLI):
         flat = flatten_config(sub)
         for key in ("overwrite", "wandb.mode"):
             flat.pop(key, None)
+        for key in [k for k in flat if k == "sweep" or k.startswith("sweep.")]:
+            flat.pop(key)  # a study config's sweep block is no setting of this fit
         model = getattr(self, "model", None)
         for key in ("input_shape", "num_classes", "task"):
             if model is not None and key in getattr(model, "hparams", {}):
@@ -872,6 +878,29 @@ def _export(argv: list[str]) -> int | None:
 
 
 register_command("export", _export, "write one member of a members fit as a checkpoint of its model class")
+
+
+def _sweep(argv: list[str]) -> int | None:
+    from overparam_lit.studies.sweep import main as sweep_main
+
+    return sweep_main(argv)
+
+
+def _plot(argv: list[str]) -> int | None:
+    from overparam_lit.studies.plot import main as plot_main
+
+    return plot_main(argv)
+
+
+def _report(argv: list[str]) -> int | None:
+    from overparam_lit.studies.report import main as report_main
+
+    return report_main(argv)
+
+
+register_command("sweep", _sweep, "run a study config's grid of fits (packed into member fits), resumable")
+register_command("plot", _plot, "draw one figure of finished runs or a sweep and print its numbers as JSON")
+register_command("report", _report, "write one self-contained HTML page of every figure of a sweep folder")
 
 
 def main(args: list[str] | None = None) -> int | None:

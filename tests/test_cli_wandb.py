@@ -50,7 +50,7 @@ def test_flatten_config_drops_init_args_and_lists_callbacks() -> None:
 def test_offline_run_carries_config_axes_summary_and_names(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
-    run = tmp_path / "noise_sweep" / "points" / "width-8_label_noise-0.15"  # a scripts/sweep.py point
+    run = tmp_path / "noise_sweep" / "points" / "width-8_label_noise-0.15"  # an overparam-lit sweep point
     main(["fit", "-c", str(REPO / "configs" / "quickstart.yaml"), "--model.width", "8",
           "--data.label_noise", "0.15", "--seed_everything", "3", "--trainer.max_epochs", "2",
           "--trainer.callbacks+=LearningRateMonitor", "--trainer.callbacks.logging_interval", "epoch",

@@ -1,20 +1,23 @@
-"""Studies across runs: sweep grids and reading run folders (no Lightning imports).
+"""Studies across runs: sweeps of fits, reading run folders, figures and reports (no Lightning).
 
-- :mod:`overparam_lit.studies.grid`: parse ``KEY=v1,v2`` grids, name points, build the
-  ``overparam-lit fit`` command of a point.
-- :mod:`overparam_lit.studies.results`: final metrics of a run folder, the results table
-  of a sweep, grouping rows into mean/band curves.
+- :mod:`~overparam_lit.studies.spec`: the ``sweep:`` block of a study config and the plan of fits
+  (packing seeds and widths into member fits, stages that refer to earlier run folders).
+- :mod:`~overparam_lit.studies.sweep`: ``overparam-lit sweep``: runs the plan locally or through
+  submitit (SLURM), resumable, and writes ``results.csv`` (one row per member).
+- :mod:`~overparam_lit.studies.results` and :mod:`~overparam_lit.studies.runs`: final metrics,
+  members, and the study artifacts (IMP levels, ticket results, Hessian probes, region snapshots,
+  widening records) of run folders, read through :class:`~overparam_lit.runfolder.RunFolder`.
+- :mod:`~overparam_lit.studies.figures`: one function per figure (``overparam-lit plot``), each
+  returning the numbers it prints; :mod:`~overparam_lit.studies.report`: the HTML report.
+
+Nothing here imports Lightning: a sweep's own process only starts ``overparam-lit fit`` runs.
 """
 
 from overparam_lit.studies.grid import (
     DONE_FILE,
-    Point,
-    check_configs,
-    expand_grid,
-    fit_command,
-    load_grid_file,
-    merge_grids,
+    cli_text,
     parse_grid_arg,
+    parse_set_arg,
     parse_value,
     point_name,
 )
@@ -30,33 +33,38 @@ from overparam_lit.studies.results import (
     run_config,
     run_label,
     run_seed,
+    run_summary,
     run_width,
     series,
     write_results,
 )
+from overparam_lit.studies.spec import Fit, Plan, StudySpec, make_plan, parse_sweep_block, read_study
 
 __all__ = [
     "DONE_FILE",
     "RESULTS_FILE",
-    "Point",
-    "check_configs",
-    "expand_grid",
+    "Fit",
+    "Plan",
+    "StudySpec",
+    "cli_text",
     "final_metrics",
     "find_runs",
-    "fit_command",
     "group_curves",
-    "load_grid_file",
-    "merge_grids",
+    "make_plan",
     "parse_grid_arg",
+    "parse_set_arg",
+    "parse_sweep_block",
     "parse_value",
     "point_name",
     "read_csv_rows",
     "read_metrics_csv",
     "read_results",
+    "read_study",
     "require_dir",
     "run_config",
     "run_label",
     "run_seed",
+    "run_summary",
     "run_width",
     "series",
     "write_results",

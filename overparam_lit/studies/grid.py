@@ -1,67 +1,96 @@
-"""Sweep grids: ``KEY=v1,v2`` arguments, YAML grid files, point names and fit commands.
+"""Grid values and names: parse ``KEY=v1,v2`` arguments, write values as the fit CLI reads them,
+name fit folders.
 
 A grid maps CLI keys of ``overparam-lit fit`` (``model.init_args.width``, ``seed_everything``,
-``data.init_args.label_noise``, ...) to lists of values; the points are their Cartesian product.
-Values stay the strings the user typed, so each point's command is exactly what one would type.
+``data.init_args.label_noise``, ...) to lists of values. Values are plain Python objects (as YAML
+reads them); :func:`cli_text` writes one the way it would be typed after ``--KEY``.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
-from overparam_lit.utils import ConfigError, check
+from overparam_lit.utils import check
 
 DONE_FILE = "done.json"
-"""Completion marker of a sweep point, written after ``overparam-lit fit`` exits with 0."""
+"""Completion marker of a fit of a sweep (``RunFolder.done_json``), written after it exits with 0."""
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_+][A-Za-z0-9_+]*)*$")
-
-
-@dataclass(frozen=True)
-class Point:
-    """One grid point: its folder name and the CLI values (as typed) of every grid key."""
-
-    name: str
-    values: dict[str, str] = field(default_factory=dict)
-
-    def parsed(self) -> dict[str, Any]:
-        """The values as numbers / booleans where they parse as such (for tables and plots)."""
-        return {k: parse_value(v) for k, v in self.values.items()}
+_RANGE = re.compile(r"^\s*range\(\s*(-?\d+)\s*(?:,\s*(-?\d+)\s*)?(?:,\s*(-?\d+)\s*)?\)\s*$")
 
 
 def parse_value(text: str) -> Any:
-    """``"8"`` -> 8, ``"0.15"`` -> 0.15, ``"true"`` -> True, ``"null"`` -> None, else the string."""
+    """``"8"`` -> 8, ``"0.15"`` -> 0.15, ``"true"`` -> True, ``"null"`` -> None, ``"[1, 2]"`` -> [1, 2],
+    else the string itself."""
+    if not isinstance(text, str):
+        return text
     low = text.strip().lower()
     if low in ("true", "false"):
         return low == "true"
-    if low in ("null", "none"):
+    if low in ("null", "none", ""):
         return None
     for cast in (int, float):
         try:
             return cast(text)
         except ValueError:
             pass
+    if text.strip()[:1] == "[" or (text.strip()[:1] == "{" and ": " in text):  # not "{main.imp_level:8}"
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
     return text
 
 
-def _check_key(key: str, source: str) -> str:
-    key = key.strip()
+def cli_text(value: Any) -> str:
+    """A value as typed after ``--KEY`` on the fit command line (``None`` -> ``null``, lists and
+    mappings in YAML flow style)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple, dict)):
+        return yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip()
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def check_key(key: str, source: str) -> str:
+    """``key`` without a leading ``--``, or a :class:`ConfigError` when it is no dotted CLI key."""
+    key = str(key).strip()
     if key.startswith("--"):
         key = key[2:]
-    check(bool(_KEY.match(key)), f"grid key {key!r} from {source} is not a dotted CLI key", source,
-          "Write keys as the fit CLI spells them, e.g. model.init_args.width=2,4,8 or seed_everything=0,1.")
+    check(bool(_KEY.match(key)), f"grid key {key!r} from {source} is not a dotted CLI key", key,
+          "Write keys as the fit CLI spells them, e.g. model.init_args.width or seed_everything.")
     return key
 
 
-def parse_grid_arg(text: str) -> tuple[str, list[str]]:
-    """Parse ``KEY=v1,v2,...`` into ``(KEY, [v1, v2, ...])``; refuse malformed input.
+def expand_values(values: Any, key: str, source: str) -> list[Any]:
+    """The values of one grid axis: a list, one scalar, or ``range(a, b[, step])``."""
+    if isinstance(values, str) and _RANGE.match(values):
+        a, b, step = (int(g) if g is not None else None for g in _RANGE.match(values).groups())
+        out = list(range(a) if b is None else range(a, b, step or 1))
+    else:
+        out = list(values) if isinstance(values, list) else [values]
+    check(bool(out), f"grid key {key!r} in {source} has no values", values,
+          "Give a non-empty list, e.g. [2, 4, 8], or range(0, 10).")
+    return out
+
+
+def parse_grid_arg(text: str) -> tuple[str, list[Any]]:
+    """Parse ``KEY=v1,v2,...`` (or ``KEY=range(0, 5)``) into ``(KEY, [values])``.
 
     Raises:
         ConfigError: no ``=``, an empty key, no values or an empty value (``2,,4``).
@@ -69,104 +98,48 @@ def parse_grid_arg(text: str) -> tuple[str, list[str]]:
     check("=" in text, "a --grid argument has no '='", text,
           "Write --grid KEY=v1,v2,..., e.g. --grid model.init_args.width=2,4,8.")
     key, _, rest = text.partition("=")
-    key = _check_key(key, repr(text))
+    key = check_key(key, repr(text))
+    if _RANGE.match(rest):
+        return key, expand_values(rest, key, repr(text))
     values = [v.strip() for v in rest.split(",")]
     check(bool(rest.strip()) and all(values), f"grid key {key!r} has an empty value", text,
           "Give one or more comma-separated values, e.g. --grid seed_everything=0,1,2.")
-    return key, values
+    return key, [parse_value(v) for v in values]
 
 
-def load_grid_file(path: str | Path) -> dict[str, list[str]]:
-    """Read a YAML grid file: a mapping ``KEY: [values]`` (a scalar is a one-value list).
-
-    A top-level ``grid:`` mapping is accepted too, so a file can carry comments and other keys.
-    """
-    path = Path(path)
-    check(path.is_file(), "grid file not found", str(path), "Give the path of a YAML file of KEY: [values].")
-    data = yaml.safe_load(path.read_text())
-    if isinstance(data, dict) and isinstance(data.get("grid"), dict):
-        data = data["grid"]
-    check(isinstance(data, dict) and bool(data), "grid file is not a non-empty mapping of KEY: [values]",
-          str(path), "Write e.g. 'model.init_args.width: [2, 4, 8]' on one line per key.")
-    grid: dict[str, list[str]] = {}
-    for key, values in data.items():
-        key = _check_key(str(key), str(path))
-        values = values if isinstance(values, list) else [values]
-        check(bool(values) and all(v is not None and str(v).strip() for v in values),
-              f"grid key {key!r} in {path} has no values or an empty value", values,
-              "Give a non-empty list, e.g. [2, 4, 8].")
-        grid[key] = [_yaml_text(v) for v in values]
-    return grid
+def parse_set_arg(text: str) -> tuple[str, Any]:
+    """Parse ``KEY=VALUE`` (a fixed fit argument) into ``(KEY, value)``."""
+    check("=" in text and bool(text.partition("=")[0].strip()), "a --set argument is not KEY=VALUE", text,
+          "Write e.g. --set trainer.max_epochs=10.")
+    key, _, value = text.partition("=")
+    return check_key(key, repr(text)), parse_value(value.strip())
 
 
-def _yaml_text(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, dict)):
-        return yaml.safe_dump(value, default_flow_style=True).strip()
-    return str(value)
-
-
-def merge_grids(*grids: dict[str, list[str]]) -> dict[str, list[str]]:
-    """Join grids, refusing a key given twice."""
-    out: dict[str, list[str]] = {}
-    for grid in grids:
-        for key, values in grid.items():
-            check(key not in out, "a grid key is given twice", key,
-                  "Give each key once, with all its values.")
-            out[key] = list(values)
-    return out
-
-
-def _short_keys(keys: list[str]) -> dict[str, str]:
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """Short names of CLI keys for folder names: the last part (``width``), or the whole key
+    without ``init_args`` where two last parts coincide."""
     short = {k: k.split(".")[-1] for k in keys}
     if len(set(short.values())) < len(keys):
         short = {k: k.replace(".init_args.", ".").replace(".", "_") for k in keys}
     return short
 
 
-def point_name(values: dict[str, str]) -> str:
-    """Folder name of a point, e.g. ``width-8_seed_everything-0`` (stable when the grid grows)."""
+def name_part(value: Any) -> str:
+    """A value as it appears in a folder name (only ``[A-Za-z0-9.+-_]``)."""
+    return re.sub(r"[^A-Za-z0-9.+-]", "_", cli_text(value)).strip("_") or "_"
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """Folder name of a set of grid values, e.g. ``width-8_label_noise-0.15``."""
     if not values:
         return "point"
-    short = _short_keys(list(values))
-    parts = [f"{short[k]}-{re.sub(r'[^A-Za-z0-9.+-]', '_', v)}" for k, v in values.items()]
-    return "_".join(parts)
+    short = short_keys(list(values))
+    return "_".join(f"{short[k]}-{name_part(v)}" for k, v in values.items())
 
 
-def expand_grid(grid: dict[str, list[str]]) -> list[Point]:
-    """All points of the grid (Cartesian product, the first key varying slowest)."""
-    keys = list(grid)
-    points = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        values = dict(zip(keys, combo, strict=True))
-        points.append(Point(point_name(values), values))
-    names = [p.name for p in points]
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"grid values repeat, giving the same point twice (got {dup[:3]!r}). "
-                          "Remove duplicate values from --grid.")
-    return points
-
-
-def fit_command(configs: list[str], point: Point, root: Path, group: str | None,
-                extra: list[str] | None = None, python: str | None = None) -> list[str]:
-    """The ``overparam-lit fit`` command of one point (``python -m overparam_lit fit ...``)."""
-    cmd = [python or sys.executable, "-m", "overparam_lit", "fit"]
-    for cfg in configs:
-        cmd += ["-c", str(cfg)]
-    cmd += list(extra or [])
-    for key, value in point.values.items():
-        cmd += [f"--{key}", value]
-    cmd += ["--trainer.default_root_dir", str(root)]
-    if group:
-        cmd += ["--wandb.group", group]
-    return cmd
-
-
-def check_configs(configs: list[str]) -> None:
-    """Refuse missing config files before anything runs."""
-    check(bool(configs), "no config file given", configs, "Give one or more with -c configs/X.yaml.")
-    for cfg in configs:
-        check(Path(cfg).is_file(), "config file not found", str(cfg),
-              "Check the path (relative to the folder the sweep runs from).")
+def list_name(label: str, values: list[int]) -> str:
+    """``seeds-0to49`` for a run of consecutive integers, else ``widths-4.8.16``."""
+    vals = [int(v) for v in values]
+    if len(vals) > 2 and vals == list(range(vals[0], vals[0] + len(vals))):
+        return f"{label}-{vals[0]}to{vals[-1]}"
+    return f"{label}-" + ".".join(str(v) for v in vals)

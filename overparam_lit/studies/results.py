@@ -132,6 +132,54 @@ def run_summary(run: str | Path) -> dict[str, float]:
     return out
 
 
+def member_finals(run: str | Path) -> list[dict[str, Any]]:
+    """One row per member of a run: ``member``, ``seed``, ``width``, ``num_params``, the last
+    ``epoch`` and ``step`` trained, the last logged value of every metric (``train/*``, ``val/*``,
+    ``test/*``) and ``best/val_acc`` (the highest validation accuracy of any epoch).
+
+    A members fit is read from ``members.csv``; a single model gives one row (member 0) from
+    ``metrics.csv``, with the seed of its ``config.yaml`` and its logged ``model/width``.
+    """
+    folder = RunFolder(run)
+    rows = folder.read_members()
+    if not rows:
+        if not folder.metrics_csv.is_file():
+            return []
+        final = final_metrics(run)
+        summary = run_summary(run)
+        row: dict[str, Any] = {"member": 0, "seed": run_seed(run), "width": run_width(run),
+                               "num_params": final.get("model/num_params")}
+        row.update({k: v for k, v in final.items() if k.split("/")[0] in ("train", "val", "test")
+                    or k in ("epoch", "step")})
+        if "best/val_acc" in summary:
+            row["best/val_acc"] = summary["best/val_acc"]
+        for key in ("width", "num_params", "epoch", "step"):
+            if isinstance(row.get(key), float) and float(row[key]).is_integer():
+                row[key] = int(row[key])
+        return [row]
+    out: dict[int, dict[str, Any]] = {}
+    for raw in rows:
+        member = int(raw["member"])
+        merged = out.setdefault(member, {})
+        values = {k: _num(v) for k, v in raw.items() if k and v not in (None, "")}
+        testing = any(k.startswith("test/") for k in values)
+        for key, value in values.items():
+            if value is None or (testing and key in ("epoch", "step")):
+                continue
+            merged[key] = value
+        acc = values.get("val/acc")
+        if acc is not None:
+            merged["best/val_acc"] = max(acc, merged.get("best/val_acc", acc))
+    finals = []
+    for member in sorted(out):
+        row = out[member]
+        for key in ("member", "seed", "width", "num_params", "epoch", "step"):
+            if key in row:
+                row[key] = int(row[key])
+        finals.append(row)
+    return finals
+
+
 def write_results(path: str | Path, rows: list[dict[str, Any]], first: list[str]) -> Path:
     """Write ``rows`` as CSV: the columns ``first`` in order, then every other key sorted."""
     path = Path(path)

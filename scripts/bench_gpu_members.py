@@ -11,7 +11,7 @@ Meant for one short run on a machine with a CUDA GPU (at most about 8 minutes):
 Both sides of each comparison run in this process on the same device; fits are timed over
 ``Trainer.fit``. The last line is JSON.
 
-    python scripts/gpu_members.py [--epochs 3] [--cnn-epochs 2]
+    python scripts/bench_gpu_members.py [--epochs 3] [--cnn-epochs 2]
 """
 
 from __future__ import annotations

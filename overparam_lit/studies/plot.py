@@ -1,0 +1,58 @@
+"""``overparam-lit plot FIGURE DIR [--out PNG]``: draw one figure of finished run folders or a sweep
+folder and print its numbers as one JSON line.
+
+    overparam-lit plot double-descent runs/dd          # runs/dd/figures/double_descent.png (+ .json)
+    overparam-lit plot runs/dd                         # the sweep's own figure (its block's `figure`)
+    overparam-lit plot success runs/ts -o threshold=1e-3 --out docs/figures/escape_success.png
+    overparam-lit plot --list                          # every figure and its options
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from overparam_lit.studies.figures import FIGURES, draw
+from overparam_lit.studies.grid import parse_set_arg
+from overparam_lit.studies.runs import SweepFolder
+from overparam_lit.utils import check
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``overparam-lit plot`` argument parser."""
+    lines = [f"  {k:15s} {v.help}; options {v.options}" for k, v in FIGURES.items()]
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(prog="overparam-lit plot", description=doc.split("\n\n")[0],
+                                epilog=doc.split("\n\n", 1)[1] + "\nfigures:\n" + "\n".join(lines),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("figure", nargs="?", help=f"one of {', '.join(FIGURES)} (default: the sweep's figure)")
+    p.add_argument("source", nargs="?", type=Path, help="sweep folder, run folder or folder of runs")
+    p.add_argument("--out", type=Path, help="picture path (default: SOURCE/figures/<figure>.png)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a figure option, e.g. -o threshold=0.005 (repeatable)")
+    p.add_argument("--list", action="store_true", help="list the figures and their options")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Draw the figure, print its numbers as one JSON line; bad input raises ``ConfigError``."""
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, kind in FIGURES.items():
+            print(f"{name}: {kind.help}. Options: {kind.options}")
+        return 0
+    name, source = args.figure, args.source
+    if source is None and name is not None and name not in FIGURES and Path(name).is_dir():
+        name, source = None, Path(name)
+    check(source is not None, "no folder given", argv, "Write overparam-lit plot FIGURE DIR.")
+    if name is None:
+        name = SweepFolder(source).read_spec().get("figure")
+        check(bool(name), "no figure given and the folder names none", str(source),
+              f"Write overparam-lit plot FIGURE {source} with FIGURE one of {', '.join(FIGURES)}.")
+    options = dict(parse_set_arg(o) for o in args.option)
+    summary = draw(name, source, args.out, **options)
+    print(json.dumps(summary))
+    return 0

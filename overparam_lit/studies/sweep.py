@@ -1,0 +1,621 @@
+"""``overparam-lit sweep``: run a study's grid of ``overparam-lit fit`` runs, packed into member fits.
+
+    overparam-lit sweep -c configs/study_mnist1d_double_descent.yaml --out runs/dd
+    overparam-lit plot double-descent runs/dd
+
+The grid, the packing of seeds and widths into member fits, and later stages that start from an
+earlier stage's run folders live in the study config's ``sweep:`` block
+(:mod:`overparam_lit.studies.spec`). Every fit is an ordinary ``overparam-lit fit -c CONFIG ...``
+with its own run folder ``OUT/points/<fit>/`` and ``--wandb.group <sweep name>``.
+
+- **Local** (default): ``--workers`` processes (default: one per GPU, each seeing only its GPU;
+  without GPUs two, or one on a single core), largest fits first; a fit of a later stage starts
+  once the fits it refers to are done.
+- **SLURM** (``--executor slurm``): each fit is a submitit job (``submitit.AutoExecutor``, the fit run
+  by ``submitit.helpers.CommandFunction``); ``--slurm KEY=VALUE`` passes options through
+  (``partition=gpu``, ``gpus_per_node=1``, ``timeout_min=600``, ...). The sweep waits for each
+  stage's jobs before it submits the next stage; a preempted or timed-out job is requeued and
+  resumes from its last checkpoint.
+- **Resumable**: a fit whose folder holds ``done.json`` is skipped; an interrupted fit resumes from
+  its newest intact checkpoint (``--ckpt_path``, chosen by ``RunFolder.resume_checkpoint``); one
+  that left a run without a checkpoint starts over (``--overwrite true``). A failing fit is retried
+  ``--retries`` times, except on bad input (exit code 2).
+- ``OUT/results.csv``: one row per member of every fit (its grid values, with ``seed`` and
+  ``width`` from ``members.csv``, the fit's status and the member's final metrics);
+  ``OUT/fits.csv``: one row per fit. ``--collect`` only rewrites both.
+- ``--dry-run`` prints every fit's command; ``--wandb-sweep`` writes a W&B sweep file per stage
+  (each W&B run is ``overparam-lit sweep ... --fit NAME``).
+- ``--set KEY=VALUE`` adds a fixed argument to every fit (``--set trainer.max_epochs=2`` for a
+  reduced run), ``--set STAGE:KEY=VALUE`` to the fits of one stage; ``--grid KEY=v1,v2`` replaces
+  or adds a grid axis (of the stages that have the key, else of the main one); ``--pack`` and
+  ``--width-groups`` override packing (``--width-groups one``: every width in one fit, for GPUs).
+  A config without a ``sweep:`` block needs ``--grid``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from overparam_lit.runfolder import RunFolder
+from overparam_lit.studies.grid import DONE_FILE, cli_text, parse_grid_arg, parse_set_arg
+from overparam_lit.studies.results import final_metrics, member_finals, write_results
+from overparam_lit.studies.runs import SweepFolder, read_json
+from overparam_lit.studies.spec import (
+    MAIN,
+    PACK_MODES,
+    SEED_KEY,
+    WIDTH_KEYS,
+    Axis,
+    Fit,
+    Plan,
+    StageSpec,
+    StudySpec,
+    make_plan,
+    parse_width_groups,
+    read_study,
+)
+from overparam_lit.utils import ConfigError, atomic_write_json, check
+
+__all__ = ["DONE_FILE", "FitJob", "Sweep", "build_parser", "main", "resume_args", "visible_gpus"]
+
+BAD_INPUT = 2
+"""Exit code of ``overparam-lit fit`` on bad input: retrying cannot help."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``overparam-lit sweep`` argument parser."""
+    doc = __doc__ or ""
+    p = argparse.ArgumentParser(prog="overparam-lit sweep", description=doc.split("\n\n")[0],
+                                epilog=doc.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-c", "--config", action="append", default=[],
+                   help="config file (repeatable, in order); one of them holds the sweep block")
+    p.add_argument("--out", type=Path, required=True, help="sweep folder")
+    p.add_argument("--name", help="sweep name and W&B group (default: the block's name or the folder's)")
+    p.add_argument("--set", action="append", default=[], metavar="[STAGE:]KEY=VALUE", dest="fixed",
+                   help="a fixed fit argument for every fit (of every stage, or of STAGE only); repeatable")
+    p.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="replace or add an axis of the main grid (repeatable)")
+    p.add_argument("--pack", choices=PACK_MODES, help="override the block's packing (every stage)")
+    p.add_argument("--width-groups", metavar="GROUPS",
+                   help="override width_groups: a YAML list such as '[[4, 8], [16, 32]]', or 'one' for "
+                        "every width in one fit (on a GPU small members are nearly free)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="parallel local fits (default: the block's workers, one per GPU, or 2 on a CPU)")
+    p.add_argument("--executor", choices=("local", "slurm"), default="local")
+    p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                   help="submitit option, e.g. partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)")
+    p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster (tests: debug/local)
+    p.add_argument("--retries", type=int, default=1, help="extra attempts of a failing fit")
+    p.add_argument("--timeout", type=float, default=None, help="seconds before a local attempt is killed")
+    p.add_argument("--fresh", action="store_true", help="start interrupted fits over instead of resuming")
+    p.add_argument("--fit", action="append", default=[], metavar="NAME",
+                   help="run only this fit (repeatable; the fits it refers to must be done)")
+    p.add_argument("--dry-run", action="store_true", help="print every fit's command and stop")
+    p.add_argument("--collect", action="store_true", help="only rewrite results.csv and fits.csv")
+    p.add_argument("--wandb-sweep", action="store_true", help="write W&B sweep files instead of running")
+    return p
+
+
+def visible_gpus() -> list[str]:
+    """GPU ids a worker can be given (``CUDA_VISIBLE_DEVICES`` entries, else all CUDA devices)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        import torch
+
+        return [str(i) for i in range(torch.cuda.device_count())]
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA means no GPUs
+        return []
+
+
+def resume_args(folder: str | Path, fresh: bool = False) -> list[str]:
+    """What a fit needs to continue in ``folder``: ``--ckpt_path <newest intact checkpoint>``
+    for an interrupted run, ``--overwrite true`` for a run that left no checkpoint (or with
+    ``fresh``), nothing for an empty folder."""
+    run = RunFolder(folder)
+    ckpt = None if fresh else run.resume_checkpoint()
+    if ckpt is not None:
+        return ["--ckpt_path", str(ckpt)]
+    return ["--overwrite", "true"] if run.holds_run() else []
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child
+    """Ask Linux to terminate the fit if the sweep process dies (even by SIGKILL)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux: the signal handler still stops children
+        pass
+
+
+@dataclass
+class FitJob:
+    """One fit as a submitit job: resumes from the run folder's newest checkpoint, runs the fit
+    through ``submitit.helpers.CommandFunction`` and writes ``done.json``. Requeued (and resumed)
+    when SLURM preempts it or its time runs out.
+
+    Args:
+        command: the fit command without resume arguments.
+        folder: the fit's run folder.
+        record: what ``done.json`` records besides attempts, seconds and metrics.
+        fresh: start over instead of resuming.
+    """
+
+    command: list[str]
+    folder: str
+    record: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False
+
+    def __call__(self) -> dict[str, Any]:
+        from submitit.helpers import CommandFunction
+
+        start = time.time()
+        cmd = self.command + resume_args(self.folder, self.fresh)
+        self.fresh = False
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        CommandFunction(cmd, verbose=True)()
+        record = {**self.record, "attempts": 1, "seconds": round(time.time() - start, 2), "command": cmd,
+                  "metrics": final_metrics(self.folder)}
+        RunFolder(self.folder).write_done(record)
+        return record
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        """submitit's hook on preemption and timeout: requeue this job (it resumes)."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+class Sweep:
+    """A planned sweep (see the module docstring)."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.folder = SweepFolder(args.out)
+        saved = self.folder.read_spec().get("options") if not args.config else None
+        if saved:  # `overparam-lit sweep --out DIR --collect` (or a rerun) reuses the saved options
+            args.config, args.fixed, args.grid = saved["configs"], saved["set"], saved["grid"]
+            args.pack = args.pack or saved.get("pack")
+            args.width_groups = args.width_groups or saved.get("width_groups")
+            args.name = args.name or saved.get("name")
+        check(bool(args.config), "no config file given", args.config,
+              "Give the study config with -c configs/study_X.yaml (or --out of an existing sweep).")
+        spec = read_study(args.config)
+        overrides = [parse_grid_arg(g) for g in args.grid]
+        if spec is None:
+            check(bool(overrides), "no sweep block in the configs and no --grid given", args.config,
+                  "Use a study config (configs/study_*.yaml) or add --grid KEY=v1,v2.")
+            spec = StudySpec([StageSpec(MAIN, [])], source=" ".join(args.config))
+        for key, values in overrides:  # the stages whose grid has the key, else the main stage
+            axis = Axis((key,), tuple((v,) for v in values))
+            owners = [s for s in spec.stages if key in s.keys] or spec.stages[:1]
+            for stage in owners:
+                zipped = [a.keys for a in stage.grid if key in a.keys and len(a.keys) > 1]
+                check(not zipped, "--grid cannot replace one key of keys that vary together", zipped,
+                      "Edit the sweep block instead.")
+                stage.grid = [axis if key in a.keys else a for a in stage.grid] if key in stage.keys \
+                    else [*stage.grid, axis]
+        if args.pack:
+            for stage in spec.stages:
+                stage.pack = args.pack
+        if args.width_groups:
+            try:
+                raw = None if args.width_groups.strip() == "one" else yaml.safe_load(args.width_groups)
+            except yaml.YAMLError:
+                raw = args.width_groups
+            groups = parse_width_groups(raw, "--width-groups")
+            for stage in spec.stages:
+                stage.width_groups = groups
+        self.fixed: dict[str, Any] = {}
+        staged: dict[str, dict[str, Any]] = {}
+        for item in args.fixed:
+            stage, colon, rest = item.partition(":")
+            if colon and "=" not in stage:  # STAGE:KEY=VALUE
+                key, value = parse_set_arg(rest)
+                staged.setdefault(stage, {})[key] = value
+            else:
+                key, value = parse_set_arg(item)
+                self.fixed[key] = value
+        self.spec = spec
+        self.plan: Plan = make_plan(spec, args.config, args.out, args.name, self.fixed, staged)
+        for name in args.fit:
+            self.plan.fit(name)
+        check(args.retries >= 0, "--retries must be >= 0", args.retries, "Use 0 for a single attempt.")
+        self.gpus = visible_gpus()
+        workers = args.workers or spec.workers or (len(self.gpus) or min(2, os.cpu_count() or 1))
+        check(workers >= 1, "--workers must be >= 1", workers, "Use e.g. --workers 2.")
+        self.workers = workers
+        self.slurm = dict(_slurm_option(s) for s in args.slurm)
+        self._lock = threading.Condition()
+        self._children: set[subprocess.Popen] = set()
+        self._stopping = threading.Event()
+        self._status: dict[str, str] = {}
+        self._attempts: dict[str, int] = {}
+
+    # ---- status and files ----------------------------------------------------------------------
+    def status(self, fit: Fit) -> str:
+        """``done``, ``failed``, ``blocked`` (a fit it refers to failed) or ``pending``."""
+        if fit.name in self._status:
+            return self._status[fit.name]
+        if RunFolder(fit.folder).done_json.is_file():
+            return "done"
+        if self.folder.failed(fit.name).is_file():
+            return "failed"
+        return "pending"
+
+    def command(self, fit: Fit) -> list[str]:
+        """The fit's command now: its plan command plus resume arguments."""
+        return self.plan.command(fit) + resume_args(fit.folder, self.args.fresh)
+
+    def write_spec(self) -> None:
+        """Write ``sweep.json``: options, configs and every fit."""
+        a = self.args
+        atomic_write_json({
+            "name": self.plan.name, "figure": self.spec.figure, "configs": self.plan.configs,
+            "options": {"configs": a.config, "set": a.fixed, "grid": a.grid, "pack": a.pack,
+                        "width_groups": a.width_groups, "name": a.name},
+            "stages": [s.name for s in self.spec.stages], "fits": [f.record() for f in self.plan.fits],
+        }, self.folder.spec)
+
+    def collect(self) -> list[dict[str, Any]]:
+        """Write ``results.csv`` (one row per member) and ``fits.csv`` (one row per fit)."""
+        rows, fit_rows = [], []
+        grid_keys: list[str] = []
+        for stage in self.spec.stages:
+            grid_keys += [k for k in stage.keys if k not in grid_keys]
+        for fit in self.plan.fits:
+            status = self.status(fit)
+            done = read_json(RunFolder(fit.folder).done_json) if status == "done" else None
+            extra = {"attempts": (done or {}).get("attempts", self._attempts.get(fit.name)),
+                     "seconds": (done or {}).get("seconds")}
+            fit_rows.append({"stage": fit.stage, "fit": fit.name, "status": status,
+                             "members": fit.num_members, **extra, "folder": str(fit.folder),
+                             "command": shlex.join(self.plan.command(fit))})
+            members = member_finals(fit.folder) if fit.folder.is_dir() else []
+            if not members:
+                members = [{"member": i, "seed": s, "width": w} for i, (w, s) in enumerate(
+                    (w, s) for w in (fit.widths or [self._value(fit, WIDTH_KEYS)])
+                    for s in (fit.seeds or [self._value(fit, (SEED_KEY,))]))]
+            for m in members:
+                row: dict[str, Any] = {"stage": fit.stage, "fit": fit.name}
+                row.update({k: cli_text(v) if isinstance(v, (list, dict)) else v
+                            for k, v in fit.values.items()})
+                if fit.seeds is not None:
+                    row[SEED_KEY] = m.get("seed")
+                if fit.widths is not None:
+                    row[next(k for k in WIDTH_KEYS if k in self._stage(fit).keys)] = m.get("width")
+                row.update(status=status, **extra)
+                row.update(m)
+                rows.append(row)
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        first = ["stage", "fit", "member", "seed", "width", "num_params", *grid_keys, "status", "attempts",
+                 "seconds", "epoch", "step"]
+        write_results(self.folder.results, rows, first)
+        write_results(self.folder.fits, fit_rows, ["stage", "fit", "status", "members", "attempts", "seconds",
+                                                  "folder", "command"])
+        return rows
+
+    @staticmethod
+    def _record(fit: Fit) -> dict[str, Any]:
+        return {"fit": fit.name, "stage": fit.stage, "values": fit.values, "seeds": fit.seeds,
+                "widths": fit.widths}
+
+    def _stage(self, fit: Fit) -> StageSpec:
+        return self.spec.stage(fit.stage)
+
+    def _value(self, fit: Fit, keys: tuple[str, ...]) -> Any:
+        return next((fit.values[k] for k in keys if k in fit.values), None)
+
+    def selected(self) -> list[Fit]:
+        """The fits this call runs (``--fit``, else all)."""
+        return [self.plan.fit(n) for n in self.args.fit] if self.args.fit else list(self.plan.fits)
+
+    # ---- local execution -------------------------------------------------------------------------
+    def run_fit(self, fit: Fit, slot: int) -> str:
+        """Run one fit in a subprocess (with retries); returns its status."""
+        folder = RunFolder(fit.folder)
+        if folder.done_json.is_file():
+            return "done"
+        fit.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.failed(fit.name).unlink(missing_ok=True)
+        env = dict(os.environ)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        elif "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        previous = len(self.folder.logs_of(fit.name))
+        rc, log = 0, self.folder.log(fit.name, previous + 1)
+        for attempt in range(1, self.args.retries + 2):
+            if self._stopping.is_set():
+                return "stopped"
+            cmd = self.command(fit)
+            log = self.folder.log(fit.name, previous + attempt)
+            log.parent.mkdir(parents=True, exist_ok=True)
+            where = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self.gpus else ""
+            resumed = " (resuming)" if "--ckpt_path" in cmd else ""
+            print(f"[sweep] run  {fit.name}{resumed}, {fit.num_members} member(s), attempt {attempt}{where}",
+                  flush=True)
+            start = time.time()
+            with open(log, "w") as fh:
+                fh.write("$ " + shlex.join(cmd) + "\n")
+                fh.flush()
+                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                        preexec_fn=_die_with_parent if os.name == "posix" else None)
+                with self._lock:
+                    self._children.add(proc)
+                try:
+                    rc = proc.wait(timeout=self.args.timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rc = proc.wait()
+                    fh.write(f"\n[sweep] killed after --timeout {self.args.timeout} s\n")
+                finally:
+                    with self._lock:
+                        self._children.discard(proc)
+            seconds = round(time.time() - start, 2)
+            self._attempts[fit.name] = attempt
+            if rc == 0:
+                folder.write_done({**self._record(fit), "attempts": attempt, "seconds": seconds,
+                                   "command": cmd, "metrics": final_metrics(fit.folder)})
+                print(f"[sweep] done {fit.name} in {seconds:.1f} s", flush=True)
+                return "done"
+            if self._stopping.is_set():
+                return "stopped"
+            tail = log.read_text().strip().splitlines()[-3:]
+            print(f"[sweep] FAIL {fit.name} (attempt {attempt}, exit {rc}); log {log}:\n    "
+                  + "\n    ".join(tail), flush=True)
+            if rc == BAD_INPUT:
+                break
+        atomic_write_json({"fit": fit.name, "attempts": self._attempts.get(fit.name), "exit_code": rc,
+                           "log": str(log)}, self.folder.failed(fit.name))
+        return "failed"
+
+    def run_local(self, fits: list[Fit]) -> dict[str, str]:
+        """Run ``fits`` on the local workers, each once the fits it refers to are done."""
+        order = {s.name: i for i, s in enumerate(self.spec.stages)}
+        queue = sorted(fits, key=lambda f: (order[f.stage], -f.cost()))
+        result: dict[str, str] = {}
+        slots = list(range(self.workers))
+        waiting = {f.name for f in fits}
+
+        def dep_state(name: str) -> str:
+            if name in self._status:
+                return self._status[name]
+            if RunFolder(self.plan.fit(name).folder).done_json.is_file():
+                return "done"
+            return "pending" if name in waiting else "failed"
+
+        def ready(fit: Fit) -> str | None:
+            states = [dep_state(d) for d in fit.deps]
+            if any(s in ("failed", "blocked", "stopped") for s in states):
+                return "blocked"
+            return "ready" if all(s == "done" for s in states) else None
+
+        def worker() -> None:
+            while True:
+                with self._lock:
+                    while True:
+                        if self._stopping.is_set() or not queue:
+                            return
+                        pick = None
+                        for fit in list(queue):
+                            state = ready(fit)
+                            if state == "blocked":
+                                queue.remove(fit)
+                                waiting.discard(fit.name)
+                                result[fit.name] = self._status[fit.name] = "blocked"
+                                print(f"[sweep] skip {fit.name}: a fit it refers to failed", flush=True)
+                                self._lock.notify_all()
+                            elif state == "ready" and pick is None:
+                                pick = fit
+                        if pick is not None:
+                            queue.remove(pick)
+                            slot = slots.pop(0)
+                            break
+                        if not queue:
+                            return
+                        self._lock.wait(timeout=1.0)
+                status = "failed"
+                try:
+                    status = self.run_fit(pick, slot)
+                finally:
+                    with self._lock:
+                        result[pick.name] = status
+                        waiting.discard(pick.name)
+                        self._status[pick.name] = status
+                        slots.append(slot)
+                        self._lock.notify_all()
+
+        count = min(self.workers, len(queue)) or 1
+        threads = [threading.Thread(target=worker, daemon=True) for _ in range(count)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return result
+
+    def stop(self, signum: int, frame: Any) -> None:  # pragma: no cover - exercised by the kill test
+        """Signal handler: stop the running fits; finished ones are kept."""
+        self._stopping.set()
+        with self._lock:
+            for proc in list(self._children):
+                proc.terminate()
+            self._lock.notify_all()
+        print(f"[sweep] stopping on signal {signum}; finished fits are kept, rerun to continue", flush=True)
+
+    # ---- submitit ------------------------------------------------------------------------------
+    def run_submitit(self, fits: list[Fit]) -> dict[str, str]:
+        """Submit ``fits`` through submitit, stage by stage, and wait for them."""
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError("--executor slurm needs the submitit package (got it missing). "
+                              "Install it with `pip install submitit`.") from None
+        executor = submitit.AutoExecutor(folder=str(self.folder.slurm / "%j"), cluster=self.args.cluster)
+        params = {"name": self.plan.name, **self.slurm}
+        try:
+            executor.update_parameters(**params)
+        except Exception as err:  # noqa: BLE001 - submitit raises plain errors for unknown options
+            raise ConfigError(f"submitit refused the --slurm options: {err} (got {params!r}). Use its "
+                              "AutoExecutor names (timeout_min, gpus_per_node, cpus_per_task, mem_gb) or "
+                              "slurm_<sbatch option> names, e.g. partition=gpu.") from None
+        result: dict[str, str] = {}
+        for stage in self.spec.stages:
+            todo = [f for f in fits if f.stage == stage.name and self.status(f) != "done"]
+            blocked = [f for f in todo if any(self.status(self.plan.fit(d)) != "done" for d in f.deps)]
+            for fit in blocked:
+                result[fit.name] = self._status[fit.name] = "blocked"
+            todo = [f for f in todo if f not in blocked]
+            if not todo:
+                continue
+            jobs = []
+            with executor.batch():
+                for fit in todo:
+                    job = FitJob(self.plan.command(fit), str(fit.folder), self._record(fit), self.args.fresh)
+                    jobs.append((fit, executor.submit(job)))
+            print(f"[sweep] stage {stage.name}: submitted {len(jobs)} job(s) "
+                  f"({', '.join(str(j.job_id) for _, j in jobs)}); waiting", flush=True)
+            for fit, job in jobs:
+                try:
+                    job.result()
+                    result[fit.name] = self._status[fit.name] = "done"
+                    print(f"[sweep] done {fit.name} (job {job.job_id})", flush=True)
+                except Exception as err:  # noqa: BLE001 - submitit wraps the fit's failure
+                    result[fit.name] = self._status[fit.name] = "failed"
+                    self.folder.failed(fit.name).parent.mkdir(parents=True, exist_ok=True)
+                    atomic_write_json({"fit": fit.name, "job": str(job.job_id), "error": str(err)[-2000:]},
+                                      self.folder.failed(fit.name))
+                    print(f"[sweep] FAIL {fit.name} (job {job.job_id}): {str(err).strip()[-300:]}",
+                          flush=True)
+        return result
+
+    # ---- other outputs -------------------------------------------------------------------------
+    def write_wandb_sweeps(self) -> list[Path]:
+        """One W&B grid sweep file per stage: each run is ``overparam-lit sweep ... --fit NAME``."""
+        base = ["${env}", "${interpreter}", "-m", "overparam_lit", "sweep"]
+        for cfg in self.plan.configs:
+            base += ["-c", str(Path(cfg).resolve())]
+        for item in self.args.fixed:
+            base += ["--set", item]
+        for item in self.args.grid:
+            base += ["--grid", item]
+        if self.args.pack:
+            base += ["--pack", self.args.pack]
+        if self.args.width_groups:
+            base += ["--width-groups", self.args.width_groups]
+        base += ["--out", str(self.folder.root.resolve()), "--name", self.plan.name, "--workers", "1"]
+        paths = []
+        for i, stage in enumerate(self.spec.stages):
+            names = [f.name for f in self.plan.fits if f.stage == stage.name]
+            spec = {"name": self.plan.name if i == 0 else f"{self.plan.name}-{stage.name}", "method": "grid",
+                    "parameters": {"fit": {"values": names}}, "command": [*base, "${args}"]}
+            path = self.folder.wandb_sweep(None if i == 0 else stage.name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            after = "" if i == 0 else f" after the '{self.spec.stages[i - 1].name}' sweep finished"
+            header = (f"# W&B grid sweep of stage '{stage.name}' of {self.plan.name} ({len(names)} fits)"
+                      f"{after}:\n#   wandb sweep {path}   then on each machine:   "
+                      "wandb agent <entity/project/sweep id>\n"
+                      "# Each W&B run is `overparam-lit sweep ... --fit NAME`: one fit, skipped when done,\n"
+                      "# resumed when interrupted, in the sweep folder named by --out.\n")
+            path.write_text(header + yaml.safe_dump(spec, sort_keys=False))
+            paths.append(path)
+        return paths
+
+    def run(self) -> int:
+        """Run the selected fits, then write the results; the exit code (1 when a fit failed)."""
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        self.write_spec()
+        fits = self.selected()
+        for fit in fits:
+            if self.args.fit:
+                missing = [d for d in fit.deps if self.status(self.plan.fit(d)) != "done"]
+                check(not missing, f"fit {fit.name!r} refers to fits that are not done", missing,
+                      "Run them first (or the whole sweep without --fit).")
+        todo = [f for f in fits if self.status(f) != "done"]
+        for fit in fits:
+            if fit not in todo:
+                print(f"[sweep] skip {fit.name} (finished)", flush=True)
+        where = f"{self.workers} local worker(s)" if self.args.executor == "local" else "submitit"
+        members = sum(f.num_members for f in fits)
+        print(f"[sweep] {self.plan.name}: {len(fits)} fit(s) of {members} member(s), {len(fits) - len(todo)} "
+              f"already finished, {len(todo)} to run on {where}", flush=True)
+        start = time.time()
+        status = self.run_local(todo) if self.args.executor == "local" else self.run_submitit(todo)
+        rows = self.collect()
+        done = sum(self.status(f) == "done" for f in self.plan.fits)
+        print(f"[sweep] {done}/{len(self.plan.fits)} fits done ({len(rows)} members) in "
+              f"{time.time() - start:.1f} s; results: {self.folder.results}", flush=True)
+        failed = [n for n, s in status.items() if s in ("failed", "blocked")]
+        if failed:
+            print(f"[sweep] {len(failed)} fit(s) failed or were skipped: {', '.join(failed)} "
+                  f"(logs in {self.folder.root / SweepFolder.LOGS}; rerun to retry)", flush=True)
+            return 1
+        if self._stopping.is_set():
+            return 130
+        if self.spec.figure and done == len(self.plan.fits):
+            print(f"[sweep] figure: overparam-lit plot {self.spec.figure} {self.folder.root}", flush=True)
+        return 0
+
+
+def _slurm_option(text: str) -> tuple[str, Any]:
+    key, value = parse_set_arg(text)
+    generic = ("timeout_min", "gpus_per_node", "cpus_per_task", "mem_gb", "nodes", "tasks_per_node",
+               "stderr_to_stdout", "name")
+    if key.startswith("slurm_") or key in generic:
+        return key, value
+    return f"slurm_{key}", value
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``overparam-lit sweep``: see the module docstring. Bad input raises :class:`ConfigError`."""
+    args = build_parser().parse_args(argv)
+    sweep = Sweep(args)
+    if args.dry_run:
+        for i, fit in enumerate(sweep.selected()):
+            deps = f" (after {', '.join(fit.deps)})" if fit.deps else ""
+            print(f"{i:4d} [{fit.stage}] {fit.name}: {fit.num_members} member(s), {sweep.status(fit)}{deps}\n"
+                  f"     {shlex.join(sweep.command(fit))}")
+        return 0
+    if args.wandb_sweep:
+        sweep.folder.root.mkdir(parents=True, exist_ok=True)
+        sweep.write_spec()
+        for path in sweep.write_wandb_sweeps():
+            print(f"[sweep] wrote {path}")
+        return 0
+    if args.collect:
+        rows = sweep.collect()
+        done = sum(sweep.status(f) == "done" for f in sweep.plan.fits)
+        print(f"[sweep] {done}/{len(sweep.plan.fits)} fits done; wrote {sweep.folder.results} "
+              f"({len(rows)} rows)")
+        return 0
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, sweep.stop)
+        signal.signal(signal.SIGINT, sweep.stop)
+    try:
+        return sweep.run()
+    finally:
+        with contextlib.suppress(ValueError):
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+
