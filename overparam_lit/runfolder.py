@@ -21,7 +21,7 @@ Layout (names identical to what the callbacks write)::
     regions/                 bank.pt, maps_epoch%04d.npz, epoch%04d.png, history.json,
                              overview.png, filmstrip.png, filmstrip.gif
     wandb/                   W&B's local files (offline runs upload with ``wandb sync``)
-    done.json                written by scripts/sweep.py when the fit of a grid point exits 0
+    done.json                written by overparam-lit sweep when the fit of a point exits 0
 
 This module is pure (no Lightning import): the study readers use it too.
 """
@@ -336,9 +336,12 @@ class RunFolder:
         return read_csv(self.members_csv)
 
     def read_json(self, path: str | Path) -> Any:
-        """A JSON artifact of this folder (a path relative to the folder, or absolute)."""
+        """A JSON artifact of this folder: a path of this class (``self.done_json``), absolute, or
+        relative to the folder."""
         path = Path(path)
-        return json.loads((path if path.is_absolute() else self.root / path).read_text())
+        if not path.is_absolute() and not path.exists() and not str(path).startswith(str(self.root)):
+            path = self.root / path
+        return json.loads(path.read_text())
 
     def read_done(self) -> dict[str, Any] | None:
         """``done.json`` (``None`` when the point has not finished)."""
@@ -444,7 +447,7 @@ def _file_problem(path: Path) -> str | None:
         size = path.stat().st_size
     except OSError as err:
         return f"cannot read it ({err.strerror or err})"
-    return "the file is empty (0 bytes; an interrupted write?)" if size == 0 else None
+    return "the file is empty (0 bytes)" if size == 0 else None
 
 
 def _load_problem(err: Exception) -> str:

@@ -215,6 +215,10 @@ def test_member_hessian_spectra_equal_single_probes(tmp_path, layout):
         np.testing.assert_allclose(got["top"][i], own["top"], rtol=1e-4)
         np.testing.assert_allclose(got["bottom"][i], own["bottom"], rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(got["trace"][i], own["trace"], rtol=1e-4)
+        np.testing.assert_allclose(got["loss"][i], own["loss"], rtol=1e-5)
+        x, y, _ = _data().probe_set(100, "train", 0)
+        with torch.no_grad():
+            assert float(own["loss"]) == pytest.approx(float(single.loss(single.eval()(x), y)), rel=1e-5)
 
 
 def test_member_fragmentation_equals_single_snapshots(tmp_path):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning as L
+import numpy as np
 import torch
 from typing_extensions import override
 
@@ -168,16 +169,18 @@ class HessianProbe(L.Callback):
             net, cp.probe_loss(pl_module), x[r::w], y[r::w], subset_names(net, self.params),
             self._masks(trainer, pl_module), cp.member_count(pl_module), self.opts, w > 1, buffers,
             self.eval_mode, self.per_layer)
+        loss = cp.probe_losses(pl_module, x[r::w], y[r::w], self.opts.chunk_size, w > 1)
         step = int(trainer.global_step)
         scalars = cp.probe_scalars(summaries, layers, time.perf_counter() - t0, step, trainer.current_epoch)
+        scalars["hessian/loss"] = float(np.nanmean(loss))
         self.history.append(scalars)
         log_scalars(trainer, scalars, step=step)
         if trainer.global_rank == 0:
-            self._save(trainer, pl_module, summaries, layers, step)
+            self._save(trainer, pl_module, summaries, layers, step, loss)
         return summaries
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, summaries: list[SpectrumSummary],
-              layers: dict[str, list[float]], step: int) -> None:
+              layers: dict[str, list[float]], step: int, loss: np.ndarray) -> None:
         run = RunFolder.of(trainer)
         rows = pl_module.member_rows() if cp.member_count(pl_module) is not None else None
         arrays, density = cp.probe_arrays(summaries, layers, step, trainer.current_epoch, rows,
@@ -186,6 +189,7 @@ class HessianProbe(L.Callback):
             labels = [f"w{r['width']} s{r['seed']}" for r in rows] if rows is not None else [""]
             path = density_figure(summaries, *density, labels, step, run.hessian_density(step))
             log_image(trainer, "hessian/density", path, caption=f"step {step}")
+        arrays["loss"] = loss if rows is not None else np.float64(loss[0])  # the probe set's mean loss
         atomic_save_npz(run.hessian_probe(step), **arrays)
 
     @override

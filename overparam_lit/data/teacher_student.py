@@ -6,8 +6,9 @@ from typing import Literal
 
 import torch
 
+from overparam_lit.activations import ACTIVATIONS
 from overparam_lit.data.base import ArrayDataModule
-from overparam_lit.escape.teacher import make_teacher
+from overparam_lit.escape.teacher import teacher_net
 from overparam_lit.utils import check
 
 
@@ -23,6 +24,9 @@ class TeacherStudent(ArrayDataModule):
         num_classes: classes, or output dimension for regression.
         n_train / n_test: sample counts. target_noise: std of Gaussian noise on regression
         targets. data_seed: seed of inputs, teacher and noise.
+        teacher_activation: the teacher's activation (a name of ``overparam_lit.activations``).
+        teacher_scale: factor on the teacher's first-layer weights (e.g. 3 puts tanh units in
+            their nonlinear range).
     """
 
     def __init__(
@@ -36,6 +40,8 @@ class TeacherStudent(ArrayDataModule):
         n_test: int = 1000,
         target_noise: float = 0.0,
         data_seed: int = 0,
+        teacher_activation: str = "relu",
+        teacher_scale: float = 1.0,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -49,6 +55,10 @@ class TeacherStudent(ArrayDataModule):
               num_classes, "Set --data.num_classes.")
         check(n_train >= 1 and n_test >= 1, "n_train and n_test must be >= 1", (n_train, n_test),
               "Use positive sample counts.")
+        check(teacher_activation in ACTIVATIONS, "unknown teacher activation", teacher_activation,
+              f"Set --data.teacher_activation to one of {', '.join(ACTIVATIONS)}.")
+        check(teacher_scale > 0, "teacher_scale must be positive", teacher_scale, "Use e.g. 1 or 3.")
+        self.teacher_activation, self.teacher_scale = teacher_activation, float(teacher_scale)
         self.task, self.num_classes, self.input_shape = task, int(num_classes), (int(input_dim),)
         self.teacher_width, self.teacher_depth = teacher_width, teacher_depth
         self.n_train, self.n_test = n_train, n_test
@@ -57,9 +67,10 @@ class TeacherStudent(ArrayDataModule):
     def load(self) -> dict[str, torch.Tensor]:
         d, n = self.input_shape[0], self.n_train + self.n_test
         gen = torch.Generator().manual_seed(self.data_seed)
-        teacher = make_teacher(
-            d, self.teacher_width, self.teacher_depth, self.num_classes, self.data_seed + 1
-        )
+        teacher = teacher_net(d, self.teacher_width, self.teacher_activation, self.teacher_depth,
+                              self.num_classes, self.data_seed + 1)
+        with torch.no_grad():
+            teacher[0].weight.mul_(self.teacher_scale)
         x = torch.randn(n, d, generator=gen)
         with torch.no_grad():
             out = teacher(x)

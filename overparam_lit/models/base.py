@@ -487,8 +487,10 @@ class OverparamModule(L.LightningModule):
         return out.argmax(dim=-1) if self.task == "classification" else out
 
     def on_fit_start(self) -> None:
-        if self.trainer.ckpt_path is None:  # a resumed fit logged it already
+        if self.trainer.ckpt_path is None:
             self.log_model_size()
+        else:  # the resumed fit logged it at its start; the test after the fit does not either
+            self.trainer._overparam_logged_size = True
         self._bind_structure()
 
     def on_test_start(self) -> None:
