@@ -160,8 +160,8 @@ class OverparamModule(L.LightningModule):
         self.num_params = int(round(sum(self.member_num_params) / len(self.member_num_params)))
         self._build_metrics()
         self._structure = pruning.Masks({})
-        self._first_bad_step: Tensor | None = None
-        self._pending: dict[str, Tensor] = {}  # running sums of the epoch, before the metric sees them
+        self._steps: dict[str, list[tuple[Tensor, int, Tensor | None, int]]] = {}  # the epoch's steps
+        self._first_bad: dict[int, int] = {}  # member -> first step with a non-finite loss
 
     # ---- the one method a new study overrides -------------------------------------------
     def build_network(self) -> nn.Module:
@@ -371,46 +371,46 @@ class OverparamModule(L.LightningModule):
         target = y if split == "train" else y_true
         losses = self.member_losses(out, target)
         with torch.no_grad():
-            outs = out if self.members is not None else out.unsqueeze(0)
-            n = losses.new_full((self.num_members,), float(x.shape[0]))
-            cols = [losses.detach() * n]
+            counts = None
             if self.task == "classification":
-                pred = outs.argmax(dim=-1)
+                pred = (out if self.members is not None else out.unsqueeze(0)).argmax(dim=-1)
                 hit = pred == target
-                if split == "train":
+                if split == "train":  # hits, hits on flipped labels (memorised noise), flips
                     flipped = y != y_true
-                    cols += [hit.sum(1), (hit & flipped).sum(1), flipped.sum().expand_as(n)]
-                else:
-                    cols += [hit.sum(1), (pred == y).sum(1)]
-            else:
-                cols += [torch.zeros_like(n)] * (len(TRAIN_SUMS if split == "train" else EVAL_SUMS) - 2)
-            cols.append(n)
-            sums = torch.stack([c.to(n.dtype) for c in cols], dim=1)
-            pending = self._pending.get(split)
-            if pending is None or pending.device != sums.device:
-                self._pending[split] = sums  # summed on the device; the metric sees it once an epoch
-            else:
-                pending.add_(sums)
-            if split == "train":
-                self._watch_finite(losses.detach())
+                    counts = torch.stack([hit.sum(1), (hit & flipped).sum(1),
+                                          flipped.sum().expand(hit.shape[0])], dim=1)
+                else:  # hits on clean labels, on noisy labels
+                    counts = torch.stack([hit.sum(1), (pred == y).sum(1)], dim=1)
+            # a step only keeps references; the epoch's sums are made once, when it is read
+            step = self.trainer.global_step if split == "train" else 0
+            self._steps.setdefault(split, []).append((losses.detach(), x.shape[0], counts, step))
         return losses.sum()
 
-    def _watch_finite(self, losses: Tensor) -> None:
-        """Remember the first step with a non-finite loss per member (no host sync per step)."""
-        first = self._first_bad_step
-        if first is None or first.device != losses.device:
-            first = self._first_bad_step = torch.full((self.num_members,), -1, dtype=torch.long,
-                                                      device=losses.device)
-        first.masked_fill_(~torch.isfinite(losses) & (first < 0), self.trainer.global_step)
+    def _drain(self, split: str) -> None:
+        """Sum the recorded steps of ``split`` into its metric (and note diverged members)."""
+        steps = self._steps.pop(split, [])
+        if not steps:
+            return
+        losses = torch.stack([s[0] for s in steps])  # (S, M)
+        n = torch.tensor([float(s[1]) for s in steps], dtype=losses.dtype, device=losses.device)
+        sums = torch.zeros(self.num_members, len(TRAIN_SUMS if split == "train" else EVAL_SUMS),
+                           dtype=losses.dtype, device=losses.device)
+        sums[:, 0] = (losses * n[:, None]).sum(0)
+        sums[:, -1] = n.sum()
+        if steps[0][2] is not None:
+            counts = torch.stack([s[2] for s in steps]).sum(0).to(losses.dtype)
+            sums[:, 1:1 + counts.shape[1]] = counts
+        self.metric[f"{split}_sums"].update(sums)
+        if split == "train":
+            bad = ~torch.isfinite(losses)
+            for i in bad.any(0).nonzero().flatten().tolist():
+                self._first_bad.setdefault(i, steps[int(bad[:, i].nonzero()[0])][3])
 
     def member_epoch_metrics(self, split: str) -> dict[str, Tensor]:
         """Each member's metrics ``{key: (M,)}`` of the running epoch of ``split`` (``train``,
         ``val`` or ``test``), reduced over DDP ranks; reading them does not reset them."""
-        metric = self.metric[f"{split}_sums"]
-        pending = self._pending.pop(split, None)
-        if pending is not None:
-            metric.update(pending)
-        sums = metric.compute().double()
+        self._drain(split)
+        sums = self.metric[f"{split}_sums"].compute().double()
         count = sums[:, -1].clamp_min(1)
         out = {f"{split}/loss": sums[:, 0] / count}
         if self.task == "classification":
@@ -444,14 +444,11 @@ class OverparamModule(L.LightningModule):
         self._stop_on_divergence()
 
     def _stop_on_divergence(self) -> None:
-        if self._first_bad_step is None:
-            return
-        first = self._first_bad_step.cpu()
-        bad = (first >= 0).nonzero().flatten().tolist()
+        bad = sorted(self._first_bad)
         if not bad:
             return
         if self.members is None or len(bad) == self.num_members:
-            step = int(first[bad].min())
+            step = min(self._first_bad.values())
             who = "" if self.members is None else f" for every member (first: member {bad[0]})"
             raise TrainingDiverged(
                 f"the training loss became NaN or infinite at step {step} (epoch "
@@ -462,8 +459,8 @@ class OverparamModule(L.LightningModule):
         if new:
             self._reported_bad = set(bad)
             rank_zero_warn(f"members {new} diverged (NaN or infinite loss from steps "
-                           f"{[int(first[i]) for i in new]}); the others keep training and the logged "
-                           "means leave diverged members out (members/diverged counts them).")
+                           f"{[self._first_bad[i] for i in new]}); the others keep training and the "
+                           "logged means leave diverged members out (members/diverged counts them).")
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -472,7 +469,7 @@ class OverparamModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self._log_epoch("val")
         else:
-            self._pending.pop("val", None)
+            self._steps.pop("val", None)
             self.metric["val_sums"].reset()
 
     def test_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:

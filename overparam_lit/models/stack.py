@@ -182,6 +182,9 @@ class StackedNet(nn.Module):
         self._pairs = list(zip(self.modules(), self._template.modules(), strict=True))
         self._param_names = list(shapes)
         self._buffer_names = list(bshapes)
+        # (name, owning module, attribute) of every stacked tensor, read at each forward
+        self._slots = [(n, *_path(self, n)) for n in self._param_names]
+        self._buffer_slots = [(n, *_path(self, n)) for n in self._buffer_names]
         self.structure = structure
         self._plan = _mlp_plan(template)
         if check_inputs is not None:
@@ -219,19 +222,11 @@ class StackedNet(nn.Module):
     # ---- the stacked tensors ------------------------------------------------------------------
     def stacked_params(self) -> dict[str, Tensor]:
         """``{name: (M, *shape)}``, read through attributes (``functional_call`` swaps them)."""
-        out = {}
-        for n in self._param_names:
-            mod, attr = _path(self, n)
-            out[n] = getattr(mod, attr)
-        return out
+        return {n: getattr(mod, attr) for n, mod, attr in self._slots}
 
     def stacked_buffers(self) -> dict[str, Tensor]:
         """``{name: (M, *shape)}`` of the buffers (BatchNorm statistics per member)."""
-        out = {}
-        for n in self._buffer_names:
-            mod, attr = _path(self, n)
-            out[n] = getattr(mod, attr)
-        return out
+        return {n: getattr(mod, attr) for n, mod, attr in self._buffer_slots}
 
     def member_state(self, i: int, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Tensor]:
         """Member ``i``'s parameters and buffers as a single network's ``state_dict`` (cloned),
@@ -284,16 +279,19 @@ class StackedNet(nn.Module):
         assert self._plan is not None
         params = self.stacked_params()
         h = x.unsqueeze(0) if shared else x
-        for kind, arg in self._plan:
+        for kind, weight, bias, act in self._plan:
             if kind == "flatten":
                 h = h.flatten(2)
-            elif kind == "linear":
-                w, b = params[f"{arg}.weight"], params.get(f"{arg}.bias")
-                h = torch.matmul(h, w.transpose(1, 2))  # broadcasts a shared (1, B, D) input
-                if b is not None:
-                    h = h + b.unsqueeze(1)
+            elif kind == "act":
+                h = act(h)  # type: ignore[operator]
             else:
-                h = arg(h)  # type: ignore[operator]
+                w, b = params[weight], params[bias] if bias else None
+                if h.shape[0] == w.shape[0] and b is not None:
+                    h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+                else:
+                    h = torch.matmul(h, w.transpose(1, 2))  # broadcasts a shared (1, B, D) input
+                    if b is not None:
+                        h = h + b.unsqueeze(1)
         return h
 
     # ---- checks -------------------------------------------------------------------------------
@@ -325,18 +323,19 @@ class StackedNet(nn.Module):
                     "fit these widths separately, or stack seeds of one width only.")
 
 
-def _mlp_plan(net: nn.Module) -> list[tuple[str, object]] | None:
-    """``[("flatten", None), ("linear", name), ("act", module), ...]`` for plain MLP stacks."""
+def _mlp_plan(net: nn.Module) -> list[tuple[str, str, str, nn.Module | None]] | None:
+    """``(kind, weight name, bias name, activation)`` steps for plain ``Flatten / Linear /
+    activation`` stacks (the MLP family), which run as batched matrix products; ``None`` otherwise."""
     if not isinstance(net, nn.Sequential):
         return None
-    plan: list[tuple[str, object]] = []
+    plan: list[tuple[str, str, str, nn.Module | None]] = []
     for i, m in enumerate(net):
         if isinstance(m, nn.Flatten) and m.start_dim == 1 and m.end_dim == -1:
-            plan.append(("flatten", None))
+            plan.append(("flatten", "", "", None))
         elif type(m) is nn.Linear:
-            plan.append(("linear", str(i)))
+            plan.append(("linear", f"{i}.weight", f"{i}.bias" if m.bias is not None else "", None))
         elif type(m) in ELEMENTWISE:
-            plan.append(("act", m))
+            plan.append(("act", "", "", m))
         else:
             return None
     return plan
