@@ -40,9 +40,11 @@ class MemoryEstimate:
 
     def describe(self) -> str:
         """One line: the total and its parts, in GiB."""
-        return (f"about {self.total_bytes / GiB:.3g} GiB ({self.members} member(s) x "
-                f"{self.params_per_member:,} parameters with gradients and optimizer state: "
-                f"{self.parameter_bytes / GiB:.3g} GiB; activations of a batch of "
+        params = (f"{self.members} member(s) x {self.params_per_member:,} parameters with gradients "
+                  f"and optimizer state: {self.parameter_bytes / GiB:.3g} GiB")
+        if self.batch_size == 0:
+            return f"about {self.total_bytes / GiB:.3g} GiB ({params})"
+        return (f"about {self.total_bytes / GiB:.3g} GiB ({params}; activations of a batch of "
                 f"{self.batch_size}: {self.activation_bytes / GiB:.3g} GiB)")
 
 
