@@ -271,3 +271,48 @@ def test_ticket_start_fit(tmp_path, mode, fit):
     wrong = small_mlp(width=12)
     with pytest.raises(ConfigError, match="ticket"):
         fit(tmp_path / "wrong", TicketStart(str(level)), model=wrong)
+
+
+@pytest.mark.parametrize(("kw", "densities"), [
+    ({"levels": 3, "schedule": "linear", "final_density": 0.4}, [1.0, 0.8, 0.6, 0.4]),
+    ({"schedule": "list", "densities": [0.5, 0.3]}, [1.0, 0.5, 0.3]),
+])
+def test_linear_and_listed_schedules(tmp_path, fit, kw, densities):
+    cb = IterativeMagnitudePruning(epochs_per_level=1, **kw)
+    fit(tmp_path, cb)
+    summary = json.loads((tmp_path / "imp" / "summary.json").read_text())
+    total = 16 * 8 + 16 * 16  # the hidden layers' weights (the output layer stays dense)
+    assert [lv["kept"] for lv in summary["levels"]] == [round(total * d) for d in densities]
+    assert summary["config"]["densities"] == pytest.approx(densities)
+
+
+def test_biases_pruned_with_the_weights(tmp_path, fit):
+    cb = IterativeMagnitudePruning(levels=1, fraction=0.5, epochs_per_level=1, prune_biases=True)
+    _, model = fit(tmp_path, cb)
+    mask = _load(tmp_path / "imp" / "level_01" / "mask.pt")
+    assert sorted(mask) == ["net.1.bias", "net.1.weight", "net.3.bias", "net.3.weight"]
+    pool = sum(m.numel() for m in mask.values())
+    assert sum(int(m.sum()) for m in mask.values()) == round(pool * 0.5)
+    # the largest magnitudes of weights and biases together survive (one global threshold)
+    final = _load(tmp_path / "imp" / "level_00" / "final.pt")
+    mags = torch.cat([final[n].abs().flatten() for n in mask])
+    kept = torch.cat([mask[n].flatten() for n in mask])
+    assert float(mags[kept].min()) >= float(mags[~kept].max())
+    params = dict(model.named_parameters())
+    assert all((params[n][~m] == 0).all() for n, m in mask.items())
+
+
+def test_best_accuracy_of_each_level_is_recorded(tmp_path, fit):
+    from lightning.pytorch.loggers import CSVLogger
+
+    cb = IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=3)
+    fit(tmp_path, cb, logger=CSVLogger(str(tmp_path), name="", version=""), log_every_n_steps=1)
+    summary = json.loads((tmp_path / "imp" / "summary.json").read_text())
+    import csv
+
+    with open(tmp_path / "metrics.csv") as fh:
+        vals = [(int(r["epoch"]), float(r["val/acc"])) for r in csv.DictReader(fh) if r.get("val/acc")]
+    for lv in summary["levels"]:
+        own = [a for e, a in vals if lv["level"] * 3 <= e < (lv["level"] + 1) * 3]
+        assert len(own) == 3 and lv["best_val/acc"] == pytest.approx(max(own), abs=1e-6)
+        assert lv["val/acc"] == pytest.approx(own[-1], abs=1e-6)  # the final evaluation is the last
