@@ -341,3 +341,25 @@ def test_padding_that_changes_the_function_is_refused():
     Normed(input_shape=(1, 40), seeds=2, width=8)  # equal widths stack fine
     with pytest.raises(ConfigError, match="does not reproduce its own network"):
         Normed(input_shape=(1, 40), widths=[4, 8])
+
+
+def test_members_table_in_wandb_matches_members_csv(tmp_path, monkeypatch):
+    """The offline W&B run holds a members/final table whose rows are members.csv's final values."""
+    import json as _json
+
+    from overparam_lit.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    run = tmp_path / "run"
+    main(["fit", "--model", "MLP", "--model.width", "8", "--model.seeds", "[0, 3]", "--data", "MNIST1D",
+          "--data.train_subset", "200", "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run),
+          "--test_after_fit", "false"])
+    tables = list(run.glob("wandb/offline-run-*/files/media/table/members/final_*.table.json"))
+    assert len(tables) == 1
+    table = _json.loads(tables[0].read_text())
+    rows = [dict(zip(table["columns"], r, strict=True)) for r in table["data"]]
+    members = _rows(run / "members.csv")
+    assert [int(r["seed"]) for r in rows] == [0, 3]
+    for i, row in enumerate(rows):
+        assert row["val/acc"] == pytest.approx(_last(members, "val/acc", member=i))
+        assert row["train/loss"] == pytest.approx(_last(members, "train/loss", member=i))
