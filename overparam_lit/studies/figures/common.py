@@ -47,6 +47,15 @@ def output_path(source: str | Path, name: str, out: str | Path | None) -> Path:
     return SweepFolder(source).figure(name)
 
 
+def titled(fig: Any, title: str, grid: Any = (), fontsize: int = 10) -> Any:
+    """Light grids on the ``grid`` axes, the figure's title, a tight layout; returns ``fig``."""
+    for ax in grid:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    return fig
+
+
 def finish(fig: Any, summary: dict[str, Any], png: Path) -> dict[str, Any]:
     """Save the picture and ``summary`` as JSON next to it (``<png>.json`` with the suffix
     replaced); returns the summary with ``figure`` set to the picture's path."""

@@ -7,7 +7,15 @@ from typing import Any
 
 import numpy as np
 
-from overparam_lit.studies.figures.common import describe, finish, key_of, member_table, num, output_path
+from overparam_lit.studies.figures.common import (
+    describe,
+    finish,
+    key_of,
+    member_table,
+    num,
+    output_path,
+    titled,
+)
 from overparam_lit.studies.results import group_curves
 from overparam_lit.utils import check
 
@@ -114,9 +122,7 @@ def draw(summary: dict[str, Any], title: str) -> Any:
 
         top = ax.secondary_xaxis("top", functions=(to_params, to_width))
         top.set_xlabel("parameters")
-    fig.suptitle(f"{title}\nmean of {summary['seeds']} seed(s), band: min-max over seeds", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return titled(fig, f"{title}\nmean of {summary['seeds']} seed(s), band: min-max over seeds", fontsize=9)
 
 
 def figure(source: str | Path, out: str | Path | None = None, threshold: float = 0.01,

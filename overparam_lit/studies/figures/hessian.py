@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from overparam_lit.studies.figures.common import describe, finish, fit_folders, output_path
+from overparam_lit.studies.figures.common import describe, finish, fit_folders, output_path, titled
 from overparam_lit.studies.runs import hessian_rows
 from overparam_lit.utils import check
 
@@ -134,11 +134,7 @@ def draw(summary: dict[str, Any], rows: list[dict[str, Any]], title: str) -> Any
     ax[2].set_xlabel("number of classes C")
     ax[2].set_ylabel("outliers above the bulk")
     ax[2].set_title("outliers against the number of classes", fontsize=9)
-    for a in ax:
-        a.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return titled(fig, title, ax, fontsize=10)
 
 
 def figure(source: str | Path, out: str | Path | None = None,

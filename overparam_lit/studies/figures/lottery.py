@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from overparam_lit.studies.figures.common import describe, finish, fit_folders, key_of, num, output_path
+from overparam_lit.studies.figures.common import (
+    describe,
+    finish,
+    fit_folders,
+    key_of,
+    num,
+    output_path,
+    titled,
+)
 from overparam_lit.studies.results import group_curves
 from overparam_lit.studies.runs import imp_rows, ticket_rows
 from overparam_lit.utils import check
@@ -98,10 +106,8 @@ def draw(summary: dict[str, Any], title: str) -> Any:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}\nmean of {summary['seeds']} seed(s), band: min-max over seeds; controls at their "
-                 "ticket's density", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return titled(fig, f"{title}\nmean of {summary['seeds']} seed(s), band: min-max over seeds; "
+                       "controls at their ticket's density", fontsize=9)
 
 
 def figure(source: str | Path, out: str | Path | None = None, metric: str = "test/acc",

@@ -16,6 +16,7 @@ from overparam_lit.studies.figures.common import (
     member_table,
     num,
     output_path,
+    titled,
 )
 from overparam_lit.studies.results import group_curves
 from overparam_lit.studies.runs import regions_rows, run_num_classes
@@ -99,11 +100,7 @@ def draw(summary: dict[str, Any], rows: list[dict[str, Any]], title: str) -> Any
     ax[1].set_xscale("log")
     ax[1].set_xlabel("width")
     ax[1].set_ylabel("fragmentation at the last snapshot")
-    for a in ax:
-        a.grid(alpha=0.3)
-    fig.suptitle(f"{title} (1 = every class present is one region)", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return titled(fig, f"{title} (1 = every class present is one region)", ax, fontsize=9)
 
 
 def draw_planes(rows: list[dict[str, Any]], path: Path, planes: list[int], seed: int | None) -> Path | None:

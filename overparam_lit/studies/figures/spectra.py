@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from overparam_lit.studies.figures.common import describe, finish, fit_folders, key_of, output_path
+from overparam_lit.studies.figures.common import describe, finish, fit_folders, key_of, output_path, titled
 from overparam_lit.studies.results import group_curves
 from overparam_lit.studies.runs import hessian_rows
 from overparam_lit.utils import check
@@ -77,11 +77,7 @@ def draw(summary: dict[str, Any], rows: list[dict[str, Any]], title: str) -> Any
         a.set_xscale("log")
         a.set_xlabel("width")
         a.set_title(f"{key} at the last probe", fontsize=9)
-    for a in ax:
-        a.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return titled(fig, title, ax, fontsize=10)
 
 
 def figure(source: str | Path, out: str | Path | None = None,

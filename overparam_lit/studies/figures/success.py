@@ -15,6 +15,7 @@ from overparam_lit.studies.figures.common import (
     member_table,
     num,
     output_path,
+    titled,
 )
 from overparam_lit.utils import check
 
@@ -124,9 +125,7 @@ def draw(summary: dict[str, Any], title: str) -> Any:
     ax.set_ylabel(f"P(train loss / target variance < {summary['threshold']:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return titled(fig, title, fontsize=10)
 
 
 def figure(source: str | Path, out: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,

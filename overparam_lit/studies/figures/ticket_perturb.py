@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from overparam_lit.escape.success import success_interval
-from overparam_lit.studies.figures.common import finish, fit_folders, key_of, num, output_path
+from overparam_lit.studies.figures.common import finish, fit_folders, key_of, num, output_path, titled
 from overparam_lit.studies.figures.success import DEFAULT_THRESHOLD, teacher_setup
 from overparam_lit.studies.runs import imp_rows, ticket_rows
 from overparam_lit.utils import check
@@ -99,9 +99,7 @@ def draw(summary: dict[str, Any], title: str) -> Any:
     ax.set_ylabel(f"P(train loss / target variance < {summary['threshold']:g})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, loc="lower left")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    return titled(fig, title, fontsize=10)
 
 
 def figure(source: str | Path, out: str | Path | None = None, threshold: float = DEFAULT_THRESHOLD,

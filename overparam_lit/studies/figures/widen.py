@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from overparam_lit.studies.figures.common import finish, fit_folders, num, output_path
+from overparam_lit.studies.figures.common import finish, fit_folders, num, output_path, titled
 from overparam_lit.studies.results import member_finals
 from overparam_lit.studies.runs import epoch_losses, hessian_rows, widen_record
 from overparam_lit.utils import check
@@ -121,10 +121,8 @@ def draw(summary: dict[str, Any], widened: list[Path], controls: list[Path], tit
     lo, hi = summary["lambda_min_before"], summary["lambda_min_after"]
     ax[1].set_title(f"lambda_min (member mean): {lo if lo is None else f'{lo:.2e}'} before, "
                     f"{hi if hi is None else f'{hi:.2e}'} after the widening", fontsize=9)
-    fig.suptitle(f"{title}: width {summary['width_before']} -> {summary['width_after']} "
+    return titled(fig, f"{title}: width {summary['width_before']} -> {summary['width_after']} "
                  f"({summary['method']}) at step {summary['step']}", fontsize=10)
-    fig.tight_layout()
-    return fig
 
 
 def figure(source: str | Path, out: str | Path | None = None, escape_factor: float = 0.5,
