@@ -39,6 +39,7 @@ from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.data.base import ArrayDataModule
 from overparam_lit.loggers import MetricsCSVCheckpoint, RunCSVLogger, RunWandbLogger, flatten_config
 from overparam_lit.models.base import OverparamModule
+from overparam_lit.models.stack import parse_seeds, parse_widths
 from overparam_lit.runfolder import RunFolder, RunLock, read_checkpoint
 from overparam_lit.utils import ConfigError, check
 
@@ -273,8 +274,24 @@ def check_optimizer_config(model: Mapping[str, Any]) -> None:
                       f"Set --model.init_args.{key}.init_args.{name} to a non-negative number, e.g. 0.001.")
 
 
-def check_checkpoint_matches(ckpt: Mapping[str, Any], model: Mapping[str, Any], ckpt_path: str) -> None:
-    """Refuse a checkpoint whose saved model hyperparameters differ from the model configured."""
+def _members_of(args: Mapping[str, Any], seed: Any = None) -> tuple[list[int] | None, list[int]] | None:
+    """The members ``(seeds, widths)`` that model arguments describe, resolved as the model
+    resolves them (``None`` for a single model); ``seed`` is the run's seed for widths-only fits."""
+    try:
+        seeds, widths = parse_seeds(_plain(args.get("seeds"))), parse_widths(_plain(args.get("widths")))
+    except ConfigError:
+        return None  # refused with its own message when the model is built
+    if seeds is None and widths is None:
+        return None
+    if seeds is None and seed is not None and not isinstance(seed, bool):
+        seeds = [int(seed)]  # a widths-only fit's members take the run's seed
+    return (seeds, widths or [int(args.get("width", 64))])  # seeds None: a random run seed, unknown
+
+
+def check_checkpoint_matches(ckpt: Mapping[str, Any], model: Mapping[str, Any], ckpt_path: str,
+                             seed: Any = None) -> None:
+    """Refuse a checkpoint whose saved model hyperparameters differ from the model configured
+    (members compared as the model resolves them; ``seed`` is the config's ``seed_everything``)."""
     hparams = dict(ckpt.get("hyper_parameters") or {})
     if not hparams or not isinstance(model, Mapping):
         return
@@ -289,6 +306,11 @@ def check_checkpoint_matches(ckpt: Mapping[str, Any], model: Mapping[str, Any], 
             continue
         if _plain(saved) != _plain(_as_dict(args[key])):
             diffs.append(f"model.{key}: checkpoint {saved!r}, config {_plain(args[key])!r}")
+    saved_members, members = _members_of(hparams), _members_of(args, seed)
+    if members is not None and saved_members is not None and members[0] is None:
+        members = (saved_members[0], members[1])  # only the widths can be compared
+    if saved_members != members:  # Lightning would silently load the checkpoint's members instead
+        diffs.append(f"members (seeds, widths): checkpoint {saved_members}, config {members}")
     check(not diffs, "--ckpt_path holds a different model than the one configured: " + "; ".join(diffs),
           ckpt_path, "Resume with the settings the checkpoint was trained with (for example -c "
           "<run>/config.yaml), or drop --ckpt_path to start a new fit with these settings.")
@@ -541,7 +563,7 @@ class OverparamCLI(LightningCLI):
         if subcommand and ckpt_path and str(ckpt_path) not in ("best", "hpc") \
                 and not str(ckpt_path).startswith("registry"):
             self.checkpoint = read_checkpoint(ckpt_path)
-            check_checkpoint_matches(self.checkpoint, model, str(ckpt_path))
+            check_checkpoint_matches(self.checkpoint, model, str(ckpt_path), cfg.get("seed_everything"))
             if subcommand == "fit":
                 check_checkpoint_callbacks(self.checkpoint, trainer.get("callbacks"), str(ckpt_path))
         if subcommand is None:

@@ -363,3 +363,23 @@ def test_members_table_in_wandb_matches_members_csv(tmp_path, monkeypatch):
     for i, row in enumerate(rows):
         assert row["val/acc"] == pytest.approx(_last(members, "val/acc", member=i))
         assert row["train/loss"] == pytest.approx(_last(members, "train/loss", member=i))
+
+
+def test_cli_resumes_a_members_fit_on_teacher_student_data(tmp_path):
+    """The CLI compares a checkpoint with the model as built: resolved seeds and data-linked
+    values (here a 2-D TeacherStudent input) do not block a resume, and members.csv continues."""
+    from overparam_lit.cli import main
+
+    run = tmp_path / "run"
+    common = ["--model", "MLP", "--model.width", "4", "--model.depth", "1", "--model.seeds", "3",
+              "--data", "TeacherStudent", "--data.input_dim", "2", "--data.n_train", "200",
+              "--data.n_test", "50", "--data.batch_size", "50", "--trainer.default_root_dir", str(run),
+              "--wandb.mode", "disabled", "--test_after_fit", "false"]
+    main(["fit", *common, "--trainer.max_epochs", "2"])
+    main(["fit", *common, "--trainer.max_epochs", "4", "--ckpt_path", "last"])
+    rows = _rows(run / "members.csv")
+    assert [(int(r["member"]), int(r["epoch"])) for r in rows] == [(m, e) for e in range(4) for m in range(3)]
+    with pytest.raises(SystemExit) as err:  # other seeds are another model: refused, not resumed
+        main(["fit", *common[:6], "--model.seeds", "2", *common[8:], "--trainer.max_epochs", "5",
+              "--ckpt_path", "last"])
+    assert err.value.code == 2
