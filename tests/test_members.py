@@ -383,3 +383,28 @@ def test_cli_resumes_a_members_fit_on_teacher_student_data(tmp_path):
         main(["fit", *common[:6], "--model.seeds", "2", *common[8:], "--trainer.max_epochs", "5",
               "--ckpt_path", "last"])
     assert err.value.code == 2
+
+
+def test_testing_a_members_checkpoint_reports_its_training(tmp_path):
+    """``overparam-lit test`` of a members checkpoint adds test rows at the checkpoint's epoch and
+    step, with each member's own test accuracy."""
+    from overparam_lit.cli import main
+
+    run = tmp_path / "run"
+    main(["fit", "--model", "MLP", "--model.width", "8", "--model.seeds", "2", "--data", "MNIST1D",
+          "--data.train_subset", "200", "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(run),
+          "--wandb.mode", "disabled", "--test_after_fit", "false"])
+    main(["test", "-c", str(run / "config.yaml"), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    rows = [r for r in _rows(run / "members.csv") if r.get("test/acc")]
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert [(r["member"], r["epoch"], r["step"]) for r in rows] == [
+        (str(i), str(ckpt["epoch"]), str(ckpt["global_step"])) for i in range(2)]
+    dm = MNIST1D(batch_size=50, train_subset=200)
+    dm.setup()
+    x, _, y = dm.splits["test"]
+    for i in range(2):
+        path = export_member(run / "checkpoints" / "last.ckpt", i, tmp_path / f"{i}.ckpt")
+        single = MLP.load_from_checkpoint(path)
+        with torch.no_grad():
+            acc = float((single.eval()(x).argmax(1) == y).float().mean())
+        assert float(rows[i]["test/acc"]) == pytest.approx(acc, abs=1e-6)

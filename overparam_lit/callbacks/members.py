@@ -66,9 +66,12 @@ class MembersTable(CheckpointedCSVCallback):
 
     def _write(self, trainer: L.Trainer, pl_module: L.LightningModule,
                metrics: dict[str, torch.Tensor]) -> None:
+        epoch, step = trainer.current_epoch, trainer.global_step
+        if trainer.state.fn != "fit" and step == 0 and getattr(pl_module, "trained_to", None) is not None:
+            epoch, step = pl_module.trained_to  # a test of a checkpoint: the training it holds
         rows = []
         for i, info in enumerate(pl_module.member_rows()):
-            row: dict[str, Any] = {**info, "epoch": trainer.current_epoch, "step": trainer.global_step}
+            row: dict[str, Any] = {**info, "epoch": epoch, "step": step}
             row.update({k: float(v[i]) for k, v in metrics.items()})
             rows.append(row)
         self.write_rows(trainer, rows)

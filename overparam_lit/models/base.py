@@ -161,6 +161,7 @@ class OverparamModule(L.LightningModule):
         self._build_metrics()
         self._structure = pruning.Masks({})
         self._steps: dict[str, list[tuple[Tensor, int, Tensor | None, int]]] = {}  # the epoch's steps
+        self.trained_to: tuple[int, int] | None = None  # (epoch, step) of a loaded checkpoint
         self._first_bad: dict[int, int] = {}  # member -> first step with a non-finite loss
 
     # ---- the one method a new study overrides -------------------------------------------
@@ -517,7 +518,9 @@ class OverparamModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of a network widened during its fit (the ``Widen`` callback) holds larger
         tensors than the network the hyperparameters build: grow the network to its shapes first
-        (Lightning loads the weights after this hook, in a resume and in ``load_from_checkpoint``)."""
+        (Lightning loads the weights after this hook, in a resume and in ``load_from_checkpoint``).
+        The checkpoint's epoch and step are kept as :attr:`trained_to` (a test of it reports them)."""
+        self.trained_to = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
         state = checkpoint.get("state_dict") or {}
         saved = {k[len("net."):]: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
         mine = {n: tuple(t.shape) for n, t in [*self.net.named_parameters(), *self.net.named_buffers()]}
