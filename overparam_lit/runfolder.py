@@ -489,9 +489,13 @@ def checkpoint_problem(path: str | Path) -> str | None:
     return _inspect_checkpoint(Path(path))[1]
 
 
-def read_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, option: str = "--ckpt_path", use: str | None = None,
+                    otherwise: str | None = None) -> dict[str, Any]:
     """Load a Lightning checkpoint on the CPU, or raise :class:`ConfigError` saying what is
-    wrong with it and naming the newest intact checkpoint beside it (the one to resume from)."""
+    wrong with it and naming the newest intact checkpoint beside it (the one to resume from; ``use``
+    says what to do with it) or, when there is none, the fix ``otherwise``."""
+    use = use or f"resume with {option}"
+    otherwise = otherwise or f"start the fit again without {option}"
     path = Path(path)
     ckpt, problem = _inspect_checkpoint(path)
     if ckpt is not None:
@@ -501,11 +505,11 @@ def read_checkpoint(path: str | Path, option: str = "--ckpt_path") -> dict[str, 
                   if p.is_file() and p.resolve() != path.resolve()] if folder.is_dir() else []
     intact = next((p for p in candidates if checkpoint_problem(p) is None), None)
     if intact is not None:
-        fix = f"The newest intact checkpoint there is {intact}: resume with {option} {intact}."
+        fix = f"The newest intact checkpoint there is {intact}: {use} {intact}."
     elif path.is_dir():
         fix = f"Give a checkpoint file, e.g. {option} {path / RunFolder.LAST_CKPT}."
     else:
-        fix = "No intact checkpoint lies beside it: start the fit again without " + option + "."
+        fix = f"No intact checkpoint lies beside it: {otherwise}."
     raise ConfigError(f"{option} cannot be read: {problem} (got {str(path)!r}). {fix}")
 
 

@@ -193,6 +193,11 @@ class OverparamModule(L.LightningModule):
         finally:
             self.width = saved
 
+    def _build_at(self, width: int) -> nn.Module:
+        """The family's network at ``width`` (drawn from torch's current RNG state)."""
+        with self._at_width(width):
+            return self.build_network()
+
     def _meta_network(self, width: int) -> nn.Module:
         """The network at ``width`` on the ``meta`` device (shapes only; nothing is allocated)."""
         try:
@@ -208,12 +213,7 @@ class OverparamModule(L.LightningModule):
     def _build_net(self) -> nn.Module:
         if self.members is None:
             return self.build_network()
-
-        def build(width: int) -> nn.Module:
-            with self._at_width(width):
-                return self.build_network()
-
-        nets = build_members(build, self.members)
+        nets = build_members(self._build_at, self.members)
         example = torch.randn((2, *self.input_shape), generator=torch.Generator().manual_seed(0))
         return StackedNet(nets, self._template, check_inputs=example)
 
@@ -255,12 +255,7 @@ class OverparamModule(L.LightningModule):
             items = {**dict(net.named_parameters()), **dict(net.named_buffers())}
             return {f"net.{k}": v.detach() for k, v in items.items()}
         rebuilt = [Member(m.index, int(s), m.width) for m, s in zip(self.members, seeds, strict=True)]
-
-        def build(width: int) -> nn.Module:
-            with self._at_width(width):
-                return self.build_network()
-
-        stack = StackedNet(build_members(build, rebuilt), self._template)
+        stack = StackedNet(build_members(self._build_at, rebuilt), self._template)
         items = {**stack.stacked_params(), **stack.stacked_buffers()}
         return {f"net.{k}": v.detach() for k, v in items.items()}
 

@@ -14,26 +14,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 
 from overparam_lit.models.stack import member_grid, parse_seeds, parse_widths
-from overparam_lit.utils import ConfigError, atomic_save, check
+from overparam_lit.runfolder import read_checkpoint
+from overparam_lit.utils import atomic_save, check
 
 MEMBER_KEYS = ("seeds", "widths")
 
 
 def _load(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    check(path.is_file(), "checkpoint not found (or not a file)", str(path),
-          "Give a checkpoint of a members fit, e.g. runs/<run>/checkpoints/last.ckpt.")
-    try:
-        # Lightning checkpoints hold plain Python objects (hyperparameters, loop state)
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same clear message
-        raise ConfigError(f"cannot read checkpoint {str(path)!r} ({type(err).__name__}: {err}). "
-                          "Give an intact .ckpt written by overparam-lit fit.") from None
-    check(isinstance(ckpt, dict) and "state_dict" in ckpt and "hyper_parameters" in ckpt,
-          "the file is not a Lightning checkpoint of an overparam-lit model", str(path),
+    ckpt = read_checkpoint(path, "the checkpoint to export", use="export",
+                           otherwise="give a members fit's checkpoint, e.g. runs/<run>/checkpoints/last.ckpt")
+    check("hyper_parameters" in ckpt, "the file is not a checkpoint of an overparam-lit model", str(path),
           "Give a .ckpt from a run folder's checkpoints/.")
     return ckpt
 

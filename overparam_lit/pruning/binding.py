@@ -16,23 +16,17 @@ import torch
 from torch import Tensor, nn
 
 from overparam_lit.pruning.masks import apply_masks_, mask_grads_, mask_optimizer_state_
-from overparam_lit.utils import ConfigError, atomic_save, check
+from overparam_lit.runfolder import load_torch_file
+from overparam_lit.utils import atomic_save, check
 
 MASK_FIX = "Point at a mask.pt written by IterativeMagnitudePruning (runs/<run>/imp/level_XX/mask.pt)."
 
 
 def load_tensors(path: str | Path, what: str, fix: str) -> dict[str, Tensor]:
-    """A ``{name: tensor}`` file saved with ``torch.save``, loaded with ``weights_only=True``; a
-    missing, empty, truncated or corrupt file (or a folder) is a :class:`ConfigError` naming it."""
-    path = Path(path)
-    check(path.exists(), f"{what} not found", str(path), fix)
-    check(path.is_file(), f"{what} is a folder, not a file", str(path), fix)
-    check(path.stat().st_size > 0, f"{what} is empty (0 bytes; an interrupted write?)", str(path), fix)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - every unreadable file gets the same clear message
-        raise ConfigError(f"{what} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:160]}) "
-                          f"(got {str(path)!r}). The file is truncated or corrupt; {fix}") from None
+    """A ``{name: tensor}`` file saved with ``torch.save`` (read by
+    :func:`~overparam_lit.runfolder.load_torch_file`: a missing, empty, truncated or corrupt file, or
+    a folder, is a :class:`ConfigError` naming it), checked to hold names and tensors only."""
+    data = load_torch_file(path, what, fix)
     check(isinstance(data, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()),
           f"{what} does not hold a mapping of names to tensors", str(path), fix)
     return data
