@@ -173,7 +173,7 @@ def test_tiny_sweep_packs_members_collects_and_skips(tmp_path: Path, monkeypatch
     assert "1 fit(s) of 4 member(s)" in log and "figure: overparam-lit plot double-descent" in log
     (fit,) = json.loads(SweepFolder(out).spec.read_text())["fits"]
     assert fit["name"] == "seeds-0.1_widths-2.4" and arg(fit["args"], "data.init_args.noise_seed") == "3"
-    folder = RunFolder(Path(fit["folder"]).resolve())  # (RunFolder.read_json joins relative roots twice)
+    folder = RunFolder(fit["folder"])
     done = folder.read_done()
     assert done["attempts"] == 1 and done["seeds"] == [0, 1] and done["widths"] == [2, 4]
     # results.csv: one row per member, equal to the last rows of members.csv read independently

@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from overparam_lit.loggers import CheckpointedCSVCallback
 from overparam_lit.runfolder import RunFolder
+from overparam_lit.studies.results import member_finals
 
 SPLIT_KEYS = {
     "classification": ("loss", "acc", "acc_noisy"),
@@ -35,14 +36,6 @@ def member_columns(task: str) -> list[str]:
                 key = "acc_noisy_memorized"
             cols.append(f"{split}/{key}")
     return cols
-
-
-def final_rows(rows: list[dict[str, Any]], key: str = "member") -> list[dict[str, Any]]:
-    """Per value of ``key``, the last non-empty value of every column."""
-    out: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        out.setdefault(str(r[key]), {}).update({k: v for k, v in r.items() if v not in (None, "")})
-    return list(out.values())
 
 
 class MembersTable(CheckpointedCSVCallback):
@@ -105,18 +98,12 @@ class MembersTable(CheckpointedCSVCallback):
     def _log_table(self, trainer: L.Trainer, key: str) -> None:
         if trainer.global_rank != 0 or self.csv is None:
             return
-        last = final_rows(self.csv.read())
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        if not last or not loggers:
+        last = member_finals(RunFolder.of(trainer).root) if loggers else []
+        if not last:
             return
-        columns = [c for c in self.csv.columns if any(c in r for r in last)]
-        data = [[_number(r.get(c)) for c in columns] for r in last]
+        columns = [c for c in [*self.csv.columns, "best/val_acc"] if any(c in r for r in last)]
+        data = [[r.get(c) for c in columns] for r in last]
         for logger in loggers:
             logger.log_table(key=key, columns=columns, data=data)
 
-
-def _number(text: Any) -> Any:
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return text

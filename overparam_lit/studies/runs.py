@@ -20,7 +20,7 @@ from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.results import RESULTS_FILE, read_results, run_seed, run_width
 from overparam_lit.utils import check
 
-__all__ = ["SweepFolder", "epoch_losses", "hessian_rows", "imp_rows", "read_json", "regions_rows",
+__all__ = ["SweepFolder", "epoch_losses", "hessian_rows", "imp_rows", "regions_rows",
            "run_folders", "run_num_classes", "ticket_rows", "widen_record"]
 
 
@@ -148,12 +148,6 @@ def run_folders(source: str | Path, marker: str | None = None) -> list[Path]:
     return sorted(set(runs))
 
 
-def read_json(path: str | Path) -> Any:
-    """A JSON artifact at ``path`` (a RunFolder path; relative paths are relative to the working
-    folder, unlike ``RunFolder.read_json``, which joins a relative path to the run folder again)."""
-    return json.loads(Path(path).read_text())
-
-
 # ---- IMP and tickets ---------------------------------------------------------------------------
 def _members(record: dict[str, Any]) -> list[dict[str, Any]]:
     return record.get("members") or [{"member": 0, **{k: v for k, v in record.items() if k != "members"}}]
@@ -168,7 +162,7 @@ def imp_rows(run: str | Path) -> list[dict[str, Any]]:
         return []
     seed, width = run_seed(run), run_width(run)
     rows = []
-    for level in read_json(folder.imp_summary).get("levels", []):
+    for level in folder.read_json(folder.imp_summary).get("levels", []):
         for m in _members(level):
             row = {"run": str(run), "level": int(level["level"]), "seed": seed, "width": width, **m}
             row["level_density"] = float(level["density"])
@@ -184,7 +178,7 @@ def ticket_rows(run: str | Path) -> list[dict[str, Any]]:
     folder = RunFolder(run)
     if not folder.ticket_result.is_file():
         return []
-    result = read_json(folder.ticket_result)
+    result = folder.read_json(folder.ticket_result)
     meta = result.get("ticket_meta") or {}
     from overparam_lit.studies.results import member_finals
 
@@ -297,7 +291,7 @@ def regions_rows(run: str | Path) -> list[dict[str, Any]]:
     folder = RunFolder(run)
     if not folder.regions_history.is_file():
         return []
-    history = read_json(folder.regions_history)
+    history = folder.read_json(folder.regions_history)
     bank = history.get("bank")
     rows = []
     for snap in history.get("snapshots", []):

@@ -52,7 +52,7 @@ import yaml
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.grid import DONE_FILE, cli_text, parse_grid_arg, parse_set_arg
 from overparam_lit.studies.results import final_metrics, member_finals, write_results
-from overparam_lit.studies.runs import SweepFolder, read_json
+from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.studies.spec import (
     MAIN,
     PACK_MODES,
@@ -281,7 +281,7 @@ class Sweep:
             grid_keys += [k for k in stage.keys if k not in grid_keys]
         for fit in self.plan.fits:
             status = self.status(fit)
-            done = read_json(RunFolder(fit.folder).done_json) if status == "done" else None
+            done = RunFolder(fit.folder).read_done() if status == "done" else None
             extra = {"attempts": (done or {}).get("attempts", self._attempts.get(fit.name)),
                      "seconds": (done or {}).get("seconds")}
             fit_rows.append({"stage": fit.stage, "fit": fit.name, "status": status,
