@@ -27,15 +27,6 @@ def check(condition: bool, what: str, value: Any, fix: str) -> None:
         raise ConfigError(f"{what} (got {value!r}). {fix}")
 
 
-def run_dir(trainer: Any) -> Path:
-    """The run directory of a trainer: ``trainer.default_root_dir``.
-
-    It holds ``config.yaml``, ``metrics.csv``, ``checkpoints/`` and the callbacks' artifacts
-    (``imp/``, ``hessian/``, ``regions/``).
-    """
-    return Path(trainer.default_root_dir)
-
-
 def fsync_path(path: str | Path) -> None:
     """Flush a file (or a folder's entries) to disk; a no-op where the platform refuses."""
     try:

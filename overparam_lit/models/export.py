@@ -15,7 +15,7 @@ from typing import Any
 
 import lightning as L
 
-from overparam_lit.models.stack import member_grid, parse_seeds, parse_widths
+from overparam_lit.models.stack import leading, member_grid, parse_seeds, parse_widths
 from overparam_lit.runfolder import read_checkpoint
 from overparam_lit.utils import atomic_save, check
 
@@ -68,7 +68,7 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
         check(key in ckpt["state_dict"], "the checkpoint lacks a tensor of the member's network", key,
               "Export from a checkpoint of the same model class.")
         t = ckpt["state_dict"][key][member]
-        state[key] = (t[tuple(slice(0, s) for s in shape)] if padded else t).clone()
+        state[key] = (t[leading(shape)] if padded else t).clone()
     out = Path(out)
     check(not out.is_dir(), "the output path is a folder", str(out), "Give a file name, e.g. member3.ckpt.")
     atomic_save({

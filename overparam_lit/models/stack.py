@@ -127,8 +127,10 @@ def _path(root: nn.Module, name: str) -> tuple[nn.Module, str]:
     return functools.reduce(getattr, mods, root), attr
 
 
-def _slices(small: tuple[int, ...], big: tuple[int, ...]) -> tuple[slice, ...]:
-    return tuple(slice(0, s) for s in small)
+def leading(shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """The index of the leading block of ``shape`` inside a larger tensor (where a narrower member
+    sits in the widest member's tensor)."""
+    return tuple(slice(0, s) for s in shape)
 
 
 class StackedNet(nn.Module):
@@ -214,7 +216,7 @@ class StackedNet(nn.Module):
         data = torch.zeros((len(tensors), *shape), dtype=first.dtype, device=first.device)
         mask = torch.zeros((len(tensors), *shape), dtype=torch.bool, device=first.device)
         for i, t in enumerate(tensors):
-            sl = (i, *_slices(tuple(t.shape), shape))
+            sl = (i, *leading(tuple(t.shape)))
             data[sl] = t
             mask[sl] = True
         return data, mask
@@ -228,18 +230,13 @@ class StackedNet(nn.Module):
         """``{name: (M, *shape)}`` of the buffers (BatchNorm statistics per member)."""
         return {n: getattr(mod, attr) for n, mod, attr in self._buffer_slots}
 
-    def member_state(self, i: int, shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, Tensor]:
-        """Member ``i``'s parameters and buffers as a single network's ``state_dict`` (cloned),
-        cropped to ``shapes`` (``{name: shape}`` of its own network) when given."""
+    def member_state(self, i: int) -> dict[str, Tensor]:
+        """Member ``i``'s parameters and buffers, keyed like a single network's ``state_dict``
+        (cloned; a padded member's tensors keep the widest shape)."""
         check(0 <= i < self.num_members, "member index out of range", i,
               f"Use 0 <= i < {self.num_members}.")
-        out = {}
-        for n, t in {**self.stacked_params(), **self.stacked_buffers()}.items():
-            v = t[i].detach()
-            if shapes is not None and n in shapes:
-                v = v[_slices(shapes[n], tuple(v.shape))]
-            out[n] = v.clone()
-        return out
+        tensors = {**self.stacked_params(), **self.stacked_buffers()}
+        return {n: t[i].detach().clone() for n, t in tensors.items()}
 
     @torch.no_grad()
     def load_member_state(self, i: int, state: dict[str, Tensor]) -> None:
@@ -251,7 +248,7 @@ class StackedNet(nn.Module):
                 dst = own[n][i]
                 if n in self.structure:
                     dst.zero_()
-                dst[_slices(tuple(v.shape), tuple(dst.shape))].copy_(v)
+                dst[leading(tuple(v.shape))].copy_(v)
 
     # ---- forward ------------------------------------------------------------------------------
     def _sync_modes(self) -> None:
