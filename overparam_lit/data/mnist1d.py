@@ -9,7 +9,10 @@ import numpy as np
 import torch
 
 from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.data.cache import cached_tensors
 from overparam_lit.utils import check
+
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,11 +36,16 @@ class MNIST1D(ArrayDataModule):
 
     The default (5000 samples, 80% train, seed 42) is the package's standard split:
     4000 train and 1000 test samples. Other arguments are those of ``ArrayDataModule``.
+    The generated tensors are cached on disk (see :mod:`overparam_lit.data.cache`), keyed by
+    the arguments below and the ``mnist1d`` version; ``mnist1d`` is imported only on a miss.
 
     Args:
         num_samples: total samples generated (train + test).
         train_split: fraction of them used for training.
         generation_seed: seed of the generator (42 is the published data set).
+        cache_dir: folder of the on-disk data cache. ``None`` uses ``$OVERPARAM_LIT_CACHE`` or
+            the user cache folder (``$XDG_CACHE_HOME/overparam-lit``, ``~/.cache/overparam-lit``);
+            a path uses that folder; ``"none"`` turns caching off.
     """
 
     input_shape = (1, 40)
@@ -49,6 +57,7 @@ class MNIST1D(ArrayDataModule):
         num_samples: int = 5000,
         train_split: float = 0.8,
         generation_seed: int = 42,
+        cache_dir: str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -58,8 +67,15 @@ class MNIST1D(ArrayDataModule):
             "Set --data.train_split, e.g. 0.8.",
         )
         self.num_samples, self.train_split, self.generation_seed = num_samples, train_split, generation_seed
+        self.cache_dir = cache_dir
 
     def load(self) -> dict[str, torch.Tensor]:
+        args = {"num_samples": self.num_samples, "train_split": self.train_split,
+                "seed": self.generation_seed}
+        return cached_tensors("mnist1d", args, self._generate, packages=("mnist1d",), keys=SPLITS,
+                              cache_dir=self.cache_dir)
+
+    def _generate(self) -> dict[str, torch.Tensor]:
         d = generate_mnist1d(self.num_samples, self.train_split, self.generation_seed)
         return {
             "x_train": torch.tensor(d["x"], dtype=torch.float32).unsqueeze(1),

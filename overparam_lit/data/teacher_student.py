@@ -8,6 +8,7 @@ import torch
 
 from overparam_lit.activations import ACTIVATIONS
 from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.data.cache import cached_tensors
 from overparam_lit.escape.teacher import teacher_net
 from overparam_lit.utils import check
 
@@ -27,6 +28,10 @@ class TeacherStudent(ArrayDataModule):
         teacher_activation: the teacher's activation (a name of ``overparam_lit.activations``).
         teacher_scale: factor on the teacher's first-layer weights (e.g. 3 puts tanh units in
             their nonlinear range).
+        cache_dir: folder of the on-disk data cache (keyed by every argument above). ``None``
+            uses ``$OVERPARAM_LIT_CACHE`` or the user cache folder
+            (``$XDG_CACHE_HOME/overparam-lit``, ``~/.cache/overparam-lit``); a path uses that
+            folder; ``"none"`` turns caching off.
     """
 
     def __init__(
@@ -42,6 +47,7 @@ class TeacherStudent(ArrayDataModule):
         data_seed: int = 0,
         teacher_activation: str = "relu",
         teacher_scale: float = 1.0,
+        cache_dir: str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -63,12 +69,25 @@ class TeacherStudent(ArrayDataModule):
         self.teacher_width, self.teacher_depth = teacher_width, teacher_depth
         self.n_train, self.n_test = n_train, n_test
         self.target_noise, self.data_seed = target_noise, data_seed
+        self.cache_dir = cache_dir
 
     def load(self) -> dict[str, torch.Tensor]:
+        args = {"input_dim": self.input_shape[0], "teacher_width": self.teacher_width,
+                "teacher_depth": self.teacher_depth, "task": self.task, "num_classes": self.num_classes,
+                "n_train": self.n_train, "n_test": self.n_test, "target_noise": self.target_noise,
+                "data_seed": self.data_seed, "teacher_activation": self.teacher_activation,
+                "teacher_scale": self.teacher_scale}
+        return cached_tensors("teacher_student", args, self._generate,
+                              keys=("x_train", "y_train", "x_test", "y_test"), cache_dir=self.cache_dir)
+
+    def _generate(self) -> dict[str, torch.Tensor]:
         d, n = self.input_shape[0], self.n_train + self.n_test
         gen = torch.Generator().manual_seed(self.data_seed)
-        teacher = teacher_net(d, self.teacher_width, self.teacher_activation, self.teacher_depth,
-                              self.num_classes, self.data_seed + 1)
+        # Building the teacher's layers draws their default init from torch's global generator
+        # (then overwritten); keep that state as it was, so a cache hit and a miss leave it alike.
+        with torch.random.fork_rng(devices=[]):
+            teacher = teacher_net(d, self.teacher_width, self.teacher_activation, self.teacher_depth,
+                                  self.num_classes, self.data_seed + 1)
         with torch.no_grad():
             teacher[0].weight.mul_(self.teacher_scale)
         x = torch.randn(n, d, generator=gen)

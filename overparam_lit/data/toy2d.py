@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.data.cache import cached_tensors
 from overparam_lit.utils import check
 
 TOY_DATASETS = ("spirals", "moons", "circles", "xor", "gaussians")
@@ -53,6 +54,10 @@ class Toy2D(ArrayDataModule):
         n_train: training points. n_test: test points.
         noise: standard deviation of Gaussian jitter added to the points.
         data_seed: seed of the private generator that draws the points.
+        cache_dir: folder of the on-disk data cache (keyed by every argument above). ``None``
+            uses ``$OVERPARAM_LIT_CACHE`` or the user cache folder
+            (``$XDG_CACHE_HOME/overparam-lit``, ``~/.cache/overparam-lit``); a path uses that
+            folder; ``"none"`` turns caching off.
     """
 
     input_shape = (2,)
@@ -66,6 +71,7 @@ class Toy2D(ArrayDataModule):
         n_test: int = 1500,
         noise: float = 0.05,
         data_seed: int = 0,
+        cache_dir: str | None = None,
         **kwargs: object,
     ) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
@@ -81,8 +87,15 @@ class Toy2D(ArrayDataModule):
         check(noise >= 0, "noise must be >= 0", noise, "Set --data.noise, e.g. 0.05.")
         self.dataset, self.num_classes = dataset, int(num_classes)
         self.n_train, self.n_test, self.noise, self.data_seed = n_train, n_test, noise, data_seed
+        self.cache_dir = cache_dir
 
     def load(self) -> dict[str, torch.Tensor]:
+        args = {"dataset": self.dataset, "num_classes": self.num_classes, "n_train": self.n_train,
+                "n_test": self.n_test, "noise": self.noise, "data_seed": self.data_seed}
+        return cached_tensors("toy2d", args, self._generate, keys=("x_train", "y_train", "x_test", "y_test"),
+                              cache_dir=self.cache_dir)
+
+    def _generate(self) -> dict[str, torch.Tensor]:
         rng = np.random.default_rng(self.data_seed)
         x, y = make_toy2d(self.dataset, self.n_train + self.n_test, self.num_classes, self.noise, rng)
         perm = rng.permutation(len(y))
