@@ -3,11 +3,14 @@ tiny in-memory data set and trainer (:mod:`overparam_lit.testing`), and a 2-proc
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +24,9 @@ if TYPE_CHECKING:  # imported by the fixtures that need them: Lightning loads on
 
     from overparam_lit.testing import Blobs
 
+# generated data sets are cached in one folder per test session, never in the user's cache
+os.environ["OVERPARAM_LIT_CACHE"] = tempfile.mkdtemp(prefix="overparam-lit-cache-")
+atexit.register(shutil.rmtree, os.environ["OVERPARAM_LIT_CACHE"], True)
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
 torch.set_num_threads(1)
