@@ -41,6 +41,14 @@ from overparam_lit.loggers import MetricsCSVCheckpoint, RunCSVLogger, RunWandbLo
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.models.stack import parse_seeds, parse_widths
 from overparam_lit.runfolder import RunFolder, RunLock, read_checkpoint
+from overparam_lit.threads import ENV as THREADS_ENV
+from overparam_lit.threads import (
+    apply_threads,
+    available_cores,
+    choose_threads,
+    load_average,
+    torch_default_threads,
+)
 from overparam_lit.utils import ConfigError, check
 
 RUN_DIR_ENV = "OVERPARAM_LIT_RUN_DIR"
@@ -393,6 +401,8 @@ class SaveRunConfig(SaveConfigCallback):
             config = self.config.clone()
             if "overwrite" in config:
                 config["overwrite"] = False
+            if "threads" in config:
+                config["threads"] = None  # a setting of this machine: a rerun chooses again
             # the config was checked when it was parsed; dumping it again unchecked is fast
             text = self.parser.dump(config, skip_none=False, skip_check=True)
             linked = {k: getattr(pl_module, k, None) for k in ("input_shape", "num_classes", "task")}
@@ -510,7 +520,7 @@ class OverparamCLI(LightningCLI):
         self.run_folder: RunFolder | None = None
         self.checkpoint: dict[str, Any] | None = None
         self._reserved: list[Path] = []
-        self._set_env: list[str] = []
+        self._set_env: dict[str, str | None] = {}
         self._accepted = False
         self.subcommand: str | None = None
         self.wandb_mode = "disabled"
@@ -531,6 +541,11 @@ class OverparamCLI(LightningCLI):
             "--overwrite", type=bool, default=False,
             help="Start over in a run folder that holds an earlier run: its artifacts (config.yaml, "
                  "metrics.csv, checkpoints/, imp/, hessian/, regions/, wandb/, ...) are deleted first.")
+        parser.add_argument(
+            "--threads", type=int | None, default=None,
+            help="CPU threads of torch and the BLAS pools. Default: the OVERPARAM_LIT_THREADS or "
+                 "OMP_NUM_THREADS environment variable when set, else 1 on a machine with two cores or "
+                 "fewer or when the other cores are busy (load average), else torch's default.")
         parser.add_argument(
             "--test_after_fit", type=bool, default=True,
             help="After fit, evaluate the test split (test/loss, test/acc in metrics.csv and W&B).")
@@ -568,6 +583,7 @@ class OverparamCLI(LightningCLI):
                 check_checkpoint_callbacks(self.checkpoint, trainer.get("callbacks"), str(ckpt_path))
         if subcommand is None:
             return
+        self.set_threads(subcommand, cfg.get("threads"))
         explicit = trainer.get("default_root_dir")
         if explicit:
             folder = RunFolder(explicit)
@@ -584,6 +600,17 @@ class OverparamCLI(LightningCLI):
         else:
             RunFolder("runs").check_writable()
 
+    def set_threads(self, subcommand: str, flag: int | None) -> None:
+        """Choose and apply the thread count (:mod:`overparam_lit.threads`) and say so in the first
+        line printed; processes this one starts (DDP ranks) inherit the choice."""
+        choice = choose_threads(available_cores(), load_average(), os.environ, flag, torch_default_threads())
+        self._set_env.update({k: None for k in apply_threads(choice.threads) if k not in self._set_env})
+        if os.environ.get(THREADS_ENV) != str(choice.threads):
+            self._set(THREADS_ENV, str(choice.threads))
+        if self._launch_rank_zero():  # torch's own count, read back
+            print(f"overparam-lit {subcommand}: threads {torch.get_num_threads()} ({choice.reason})",
+                  flush=True)
+
     # ---- the run folder -------------------------------------------------------------------------
     @staticmethod
     def _launch_rank_zero() -> bool:
@@ -596,8 +623,8 @@ class OverparamCLI(LightningCLI):
         return True
 
     def _set(self, key: str, value: str) -> None:
+        self._set_env.setdefault(key, os.environ.get(key))
         os.environ[key] = value
-        self._set_env.append(key)
 
     def _run_dir(self, config: dict[str, Any]) -> Path:
         if config.get("default_root_dir"):
@@ -730,7 +757,7 @@ class OverparamCLI(LightningCLI):
         """The resolved config as flat dotted keys (the W&B run config)."""
         sub = self._sub()
         flat = flatten_config(sub)
-        for key in ("overwrite", "wandb.mode"):
+        for key in ("overwrite", "wandb.mode", "threads"):
             flat.pop(key, None)
         for key in [k for k in flat if k == "sweep" or k.startswith("sweep.")]:
             flat.pop(key)  # a study config's sweep block is no setting of this fit
@@ -784,9 +811,12 @@ class OverparamCLI(LightningCLI):
         folder that stayed empty because the launch was refused."""
         if self.lock is not None:
             self.lock.release()
-        for key in self._set_env:
-            os.environ.pop(key, None)
-        self._set_env = []
+        for key, old in self._set_env.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+        self._set_env = {}
         if not self._accepted and self.subcommand is not None:
             for path in self._reserved:
                 try:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import sys
 import tempfile
-from collections.abc import Mapping
+import types
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -156,3 +159,40 @@ def log_image(trainer: Any, key: str, path: str | Path, caption: str | None = No
             logger.experiment.log(
                 {key: wandb.Image(str(path), caption=caption), "trainer/global_step": trainer.global_step}
             )
+
+
+class _LazyPackage(types.ModuleType):
+    """A package whose exported names load with their submodule on first use (see
+    :func:`lazy_exports`). A submodule that shares its name with an exported function
+    (``curvature.lanczos``) does not replace the function as the package's attribute, as with
+    the eager ``from .lanczos import lanczos`` it replaces."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        owner = self.__dict__.get("_lazy_owner", {})
+        if (name in owner and isinstance(value, types.ModuleType)
+                and value.__name__ == f"{self.__name__}.{name}"):
+            return
+        super().__setattr__(name, value)
+
+
+def lazy_exports(package: str, where: Mapping[str, Sequence[str]]) -> None:
+    """Make ``package`` (a package's ``__name__``) load each name of ``where`` (submodule ->
+    the names it exports) from its submodule on first access (PEP 562): importing the package
+    stays cheap and a submodule's heavy imports (scipy, matplotlib, torch-pruning) load only
+    where something uses it. ``from package import name`` works as before."""
+    module = sys.modules[package]
+    owner = {name: sub for sub, names in where.items() for name in names}
+
+    def __getattr__(name: str) -> Any:
+        sub = owner.get(name)
+        if sub is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(f"{package}.{sub}"), name)
+        module.__dict__[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(module.__dict__) | set(owner))
+
+    module.__dict__.update(_lazy_owner=owner, __getattr__=__getattr__, __dir__=__dir__)
+    module.__class__ = _LazyPackage

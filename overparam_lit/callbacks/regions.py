@@ -11,7 +11,7 @@ import torch
 from typing_extensions import override
 
 from overparam_lit.models.memory import available_bytes
-from overparam_lit.regions import RegionOptions, check_map_size, label_maps, measure, plane_bank_for
+from overparam_lit.regions import RegionOptions, check_map_size, label_maps, plane_bank_for
 from overparam_lit.regions.planes import PlaneBank
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import atomic_save_npz, atomic_write_json, log_image, log_scalars
@@ -140,6 +140,8 @@ class DecisionRegions(L.Callback):
         trainer.strategy.barrier("regions_snapshot")
 
     def _compute(self, trainer: L.Trainer, pl_module: L.LightningModule, epoch: int) -> None:
+        from overparam_lit.regions import measure  # scipy loads with the first snapshot
+
         assert self.bank is not None
         maps = label_maps(pl_module, self.bank, batch_size=self.opts.batch_size)
         rows = pl_module.member_rows() if getattr(pl_module, "members", None) is not None else None

@@ -5,17 +5,16 @@ arguments and return tensors, arrays or small dataclasses. The ``*_batched`` fun
 the ``M`` members of a stacked model through one block-diagonal product per step.
 """
 
-from overparam_lit.curvature.ends import LanczosResult, gap_free_bounds
-from overparam_lit.curvature.hvp import HessianOperator, layer_subsets, pruning_masks_from_module
-from overparam_lit.curvature.lanczos import lanczos, lanczos_batched, rademacher, tridiagonal_eig
-from overparam_lit.curvature.slq import SLQResult, slq, slq_batched
-from overparam_lit.curvature.spectrum import (
-    SpectrumSummary,
-    count_outliers,
-    hessian_spectrum,
-    hessian_spectrum_batched,
-)
-from overparam_lit.curvature.trace import TraceResult, hutchinson_trace
+from overparam_lit.utils import lazy_exports
+
+lazy_exports(__name__, {  # each name loads with its submodule on first use
+    "ends": ("LanczosResult", "gap_free_bounds"),
+    "hvp": ("HessianOperator", "layer_subsets", "pruning_masks_from_module"),
+    "lanczos": ("lanczos", "lanczos_batched", "rademacher", "tridiagonal_eig"),
+    "slq": ("SLQResult", "slq", "slq_batched"),
+    "spectrum": ("SpectrumSummary", "count_outliers", "hessian_spectrum", "hessian_spectrum_batched"),
+    "trace": ("TraceResult", "hutchinson_trace"),
+})
 
 __all__ = [
     "HessianOperator",

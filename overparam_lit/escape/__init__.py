@@ -9,29 +9,17 @@ units (MLP) or channels (CNN) without changing the function the network computes
 intervals and the multi-start lottery prediction.
 """
 
-from overparam_lit.escape.critical import polish_to_critical_point
-from overparam_lit.escape.success import (
-    multistart_prediction,
-    relative_losses,
-    success_interval,
-    success_rates,
-)
-from overparam_lit.escape.teacher import TeacherData, make_teacher_data, teacher_net
-from overparam_lit.escape.widen import (
-    Widened,
-    add_units,
-    choose_units,
-    growth,
-    hidden_layers,
-    hidden_sizes,
-    nudge_,
-    random_direction,
-    resize_to,
-    split_direction,
-    widen,
-    widen_layers,
-    widen_net,
-)
+from overparam_lit.utils import lazy_exports
+
+lazy_exports(__name__, {  # each name loads with its submodule on first use
+    "critical": ("polish_to_critical_point",),
+    "success": ("multistart_prediction", "relative_losses", "success_interval", "success_rates"),
+    "teacher": ("TeacherData", "make_teacher_data", "teacher_net"),
+    "widen": (
+        "Widened", "add_units", "choose_units", "growth", "hidden_layers", "hidden_sizes", "nudge_",
+        "random_direction", "resize_to", "split_direction", "widen", "widen_layers", "widen_net",
+    ),
+})
 
 __all__ = [
     "TeacherData",

@@ -2,53 +2,30 @@
 channel groups through torch-pruning, ticket starts with their controls, the mask type of masked
 training and the level state of IMP."""
 
-from overparam_lit.pruning.binding import Masks, structural_masks
-from overparam_lit.pruning.imp import (
-    GRANULARITIES,
-    REWIND_MODES,
-    ImpLevels,
-    ImpOptions,
-    ImpTargets,
-    example_input,
-    imp_targets,
-    level_scalars,
-)
-from overparam_lit.pruning.masks import (
-    SCOPES,
-    apply_masks_,
-    density,
-    full_masks,
-    kept_count,
-    magnitude_prune,
-    mask_grads_,
-    mask_optimizer_state_,
-    prune_remaining,
-    random_masks_like,
-    sparsity_report,
-)
-from overparam_lit.pruning.members import initial_masks, member_reports, own_counts, prune_members
-from overparam_lit.pruning.schedule import SCHEDULES, SparsitySchedule
-from overparam_lit.pruning.select import PrunableWeight, output_layer_name, prunable_weights
-from overparam_lit.pruning.structured import (
-    ChannelGroup,
-    channel_groups,
-    channel_report,
-    channel_scores,
-    export_pruned,
-    group_masks,
-    prune_channels,
-)
-from overparam_lit.pruning.tickets import (
-    TICKET_MODES,
-    Ticket,
-    check_ticket,
-    fresh_init_state,
-    load_state_,
-    load_ticket,
-    module_state,
-    start_from_ticket,
-    start_module,
-)
+from overparam_lit.utils import lazy_exports
+
+lazy_exports(__name__, {  # each name loads with its submodule on first use
+    "binding": ("Masks", "structural_masks"),
+    "imp": (
+        "GRANULARITIES", "REWIND_MODES", "ImpLevels", "ImpOptions", "ImpTargets", "example_input",
+        "imp_targets", "level_scalars",
+    ),
+    "masks": (
+        "SCOPES", "apply_masks_", "density", "full_masks", "kept_count", "magnitude_prune", "mask_grads_",
+        "mask_optimizer_state_", "prune_remaining", "random_masks_like", "sparsity_report",
+    ),
+    "members": ("initial_masks", "member_reports", "own_counts", "prune_members"),
+    "schedule": ("SCHEDULES", "SparsitySchedule"),
+    "select": ("PrunableWeight", "output_layer_name", "prunable_weights"),
+    "structured": (
+        "ChannelGroup", "channel_groups", "channel_report", "channel_scores", "export_pruned",
+        "group_masks", "prune_channels",
+    ),
+    "tickets": (
+        "TICKET_MODES", "Ticket", "check_ticket", "fresh_init_state", "load_state_", "load_ticket",
+        "module_state", "start_from_ticket", "start_module",
+    ),
+})
 
 __all__ = [
     "GRANULARITIES",

@@ -4,26 +4,20 @@ Pure functions and small dataclasses on torch, numpy and scipy (no Lightning); t
 ``DecisionRegions`` callback drives them during training.
 """
 
-from overparam_lit.regions.maps import LabelMaps, label_maps, load_label_maps, map_bytes
-from overparam_lit.regions.metrics import (
-    Fragmentation,
-    agreement,
-    anchor_consistency,
-    boundary_fraction,
-    cohen_kappa,
-    fragmentation,
-    region_counts,
-)
-from overparam_lit.regions.options import RegionOptions, check_map_size, plane_bank_for
-from overparam_lit.regions.planes import (
-    POLICIES,
-    PlaneBank,
-    choose_anchors,
-    input_plane_bank,
-    make_plane_bank,
-    plane_through,
-)
-from overparam_lit.regions.snapshot import Snapshot, measure
+from overparam_lit.utils import lazy_exports
+
+lazy_exports(__name__, {  # each name loads with its submodule on first use
+    "maps": ("LabelMaps", "label_maps", "load_label_maps", "map_bytes"),
+    "metrics": (
+        "Fragmentation", "agreement", "anchor_consistency", "boundary_fraction", "cohen_kappa",
+        "fragmentation", "region_counts",
+    ),
+    "options": ("RegionOptions", "check_map_size", "plane_bank_for"),
+    "planes": (
+        "POLICIES", "PlaneBank", "choose_anchors", "input_plane_bank", "make_plane_bank", "plane_through",
+    ),
+    "snapshot": ("Snapshot", "measure"),
+})
 
 __all__ = [
     "POLICIES",

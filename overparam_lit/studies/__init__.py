@@ -13,32 +13,17 @@
 Nothing here imports Lightning: a sweep's own process only starts ``overparam-lit fit`` runs.
 """
 
-from overparam_lit.studies.grid import (
-    DONE_FILE,
-    cli_text,
-    parse_grid_arg,
-    parse_set_arg,
-    parse_value,
-    point_name,
-)
-from overparam_lit.studies.results import (
-    RESULTS_FILE,
-    final_metrics,
-    find_runs,
-    group_curves,
-    read_csv_rows,
-    read_metrics_csv,
-    read_results,
-    require_dir,
-    run_config,
-    run_label,
-    run_seed,
-    run_summary,
-    run_width,
-    series,
-    write_results,
-)
-from overparam_lit.studies.spec import Fit, Plan, StudySpec, make_plan, parse_sweep_block, read_study
+from overparam_lit.utils import lazy_exports
+
+lazy_exports(__name__, {  # each name loads with its submodule on first use
+    "grid": ("DONE_FILE", "cli_text", "parse_grid_arg", "parse_set_arg", "parse_value", "point_name"),
+    "results": (
+        "RESULTS_FILE", "final_metrics", "find_runs", "group_curves", "read_csv_rows", "read_metrics_csv",
+        "read_results", "require_dir", "run_config", "run_label", "run_seed", "run_summary", "run_width",
+        "series", "write_results",
+    ),
+    "spec": ("Fit", "Plan", "StudySpec", "make_plan", "parse_sweep_block", "read_study"),
+})
 
 __all__ = [
     "DONE_FILE",

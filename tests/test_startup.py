@@ -1,0 +1,203 @@
+"""Start-up: heavy imports load only where used, and the thread count a fit chooses."""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from overparam_lit.threads import ENV, choose_threads, limit_blas, thread_env
+from overparam_lit.utils import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "overparam_lit"
+HEAVY = ("wandb", "matplotlib", "scipy", "torch_pruning", "submitit", "threadpoolctl")
+NEVER = ("wandb", "torch_pruning", "submitit", "threadpoolctl")
+"""Not imported by Lightning itself either: never loaded by a start-up path."""
+
+WRAPPER = """
+import runpy, sys
+out, sys.argv = sys.argv[1], ["overparam-lit", *sys.argv[2:]]
+try:
+    runpy.run_module("overparam_lit", run_name="__main__")
+finally:
+    with open(out, "w") as fh:
+        fh.write("\\n".join(sorted(sys.modules)))
+"""
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", ENV)}
+    return {**env, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+
+
+def _modules(tmp_path: Path, code: str | None = None, argv: tuple[str, ...] = ()) -> tuple[set[str], str]:
+    """The modules loaded by ``python -c code`` or by ``overparam-lit ARGV``, and its stdout."""
+    out = tmp_path / "modules.txt"
+    if code is not None:
+        dump = f"\nimport sys; open({str(out)!r}, 'w').write('\\n'.join(sys.modules))"
+        cmd = [sys.executable, "-c", code + dump]
+    else:
+        script = tmp_path / "wrap.py"
+        script.write_text(WRAPPER)
+        cmd = [sys.executable, str(script), str(out), *argv]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert out.is_file(), proc.stderr[-3000:]
+    return set(out.read_text().split()), proc.stdout
+
+
+@pytest.fixture(scope="module")
+def lightning_modules(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """What ``import lightning.pytorch`` loads by itself (torchmetrics pulls scipy and matplotlib)."""
+    return _modules(tmp_path_factory.mktemp("lightning"), "import lightning.pytorch")[0]
+
+
+def _outside_functions(node: ast.AST) -> list[ast.AST]:
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+        return []
+    return [node, *(n for child in ast.iter_child_nodes(node) for n in _outside_functions(child))]
+
+
+def heavy_importers() -> set[str]:
+    """Our modules that import a heavy package at their top level (not inside a function)."""
+    found = set()
+    for path in PACKAGE.rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        nodes = [n for n in tree.body
+                 if not (isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))]
+        for node in (n for top in nodes for n in _outside_functions(top)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name.split(".")[0] in HEAVY for name in names):
+                parts = path.relative_to(REPO).with_suffix("").parts
+                found.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return found
+
+
+def check_light(modules: set[str], lightning: set[str]) -> None:
+    assert not [m for m in NEVER if m in modules]
+    assert not [m for m in HEAVY if m in modules and m not in lightning]
+    assert not sorted(heavy_importers() & modules)
+    studies = {m for m in modules if m.startswith("overparam_lit.studies.")}
+    assert studies <= {"overparam_lit.studies.results", "overparam_lit.studies.grid"}
+
+
+def test_heavy_importers_are_found() -> None:
+    assert {"overparam_lit.pruning.structured", "overparam_lit.regions.render"} <= heavy_importers()
+
+
+def test_import_cli_is_light(tmp_path: Path, lightning_modules: set[str]) -> None:
+    modules, _ = _modules(tmp_path, "import overparam_lit.cli")
+    check_light(modules, lightning_modules)
+    assert not any(m.startswith("overparam_lit.studies") for m in modules)
+
+
+@pytest.mark.parametrize("argv", [("--help",), ("fit", "--help")])
+def test_help_is_light(tmp_path: Path, lightning_modules: set[str], argv: tuple[str, ...]) -> None:
+    modules, out = _modules(tmp_path, argv=argv)
+    assert "--trainer" in out or "sweep" in out
+    check_light(modules, lightning_modules)
+
+
+def test_fit_without_wandb_is_light_and_says_its_threads(tmp_path: Path, lightning_modules: set[str]) -> None:
+    modules, out = _modules(tmp_path, argv=(
+        "fit", "-c", "configs/quickstart.yaml", "--trainer.max_epochs", "1", "--data.num_samples", "200",
+        "--wandb.mode", "disabled", "--trainer.default_root_dir", str(tmp_path / "run"), "--threads", "2"))
+    assert "overparam_lit.callbacks.hessian" in modules  # the callbacks are importable by short name
+    check_light(modules, lightning_modules)
+    assert out.splitlines()[0] == "overparam-lit fit: threads 2 (--threads)", out[:500]
+    assert (tmp_path / "run" / "metrics.csv").is_file()
+
+
+def test_callback_short_names_still_resolve(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "overparam_lit", "fit", "--trainer.callbacks.help", "HessianProbe"]
+    proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--trainer.callbacks.lanczos_iters" in proc.stdout, proc.stderr[-2000:]
+
+
+# ---- the lazy packages ---------------------------------------------------------------------------
+def test_lazy_package_names_are_the_functions() -> None:
+    import importlib
+
+    lanczos_module = importlib.import_module("overparam_lit.curvature.lanczos")  # the submodule first
+    from overparam_lit import curvature, escape, pruning, regions, studies
+    from overparam_lit.curvature import lanczos
+
+    assert callable(lanczos) and lanczos is lanczos_module.lanczos
+    assert curvature.slq is importlib.import_module("overparam_lit.curvature.slq").slq
+    assert callable(escape.widen) and not isinstance(escape.widen, type(os))
+    for package in (curvature, escape, pruning, regions, studies):
+        assert all(hasattr(package, name) for name in package.__all__)
+        assert set(package.__all__) <= set(dir(package))
+    with pytest.raises(AttributeError):
+        _ = pruning.no_such_name
+
+
+# ---- threads ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cores, load, env, flag, expect", [
+    (2, 0.0, {}, None, (1, "2 cores")),
+    (1, 0.0, {}, None, (1, "1 core")),
+    (8, 0.2, {}, None, (4, "torch default, 8 cores, load 0.2")),
+    (8, None, {}, None, (4, "torch default, 8 cores")),
+    (8, 7.4, {}, None, (1, "load 7.4 on 8 cores")),
+    (8, 5.0, {}, None, (3, "load 5.0 on 8 cores")),
+    (2, 0.0, {"OMP_NUM_THREADS": "2"}, None, (2, "OMP_NUM_THREADS")),
+    (2, 0.0, {"OMP_NUM_THREADS": "2", ENV: "3"}, None, (3, ENV)),
+    (2, 0.0, {"OMP_NUM_THREADS": "2", ENV: "3"}, 4, (4, "--threads")),
+    (8, 7.9, {ENV: " "}, None, (1, "load 7.9 on 8 cores")),
+])
+def test_thread_rule(cores: int, load: float | None, env: dict[str, str], flag: int | None,
+                     expect: tuple[int, str]) -> None:
+    choice = choose_threads(cores, load, env, flag, torch_default=4)
+    assert (choice.threads, choice.reason) == expect
+    assert str(choice) == f"threads {expect[0]} ({expect[1]})"
+
+
+@pytest.mark.parametrize("env, flag", [({}, 0), ({ENV: "many"}, None), ({"OMP_NUM_THREADS": "-1"}, None)])
+def test_thread_rule_refuses_bad_counts(env: dict[str, str], flag: int | None) -> None:
+    with pytest.raises(ConfigError, match="positive number of threads"):
+        choose_threads(4, 0.0, env, flag, torch_default=4)
+
+
+def test_thread_env_keeps_what_is_set() -> None:
+    assert thread_env(2, {"MKL_NUM_THREADS": "5"}) == {
+        ENV: "2", "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"}
+    environ = {"OMP_NUM_THREADS": "3"}
+    assert limit_blas(1, environ) == ["OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]
+    assert environ == {"OMP_NUM_THREADS": "3", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_default_fit_line_names_the_choice(tmp_path: Path) -> None:
+    """``overparam-lit fit`` prints its thread count first, and a DDP rank would inherit it."""
+    code = (
+        "import os, sys, json\n"
+        "from overparam_lit.cli import main\n"
+        f"sys.argv = ['overparam-lit', 'fit', '-c', 'configs/quickstart.yaml', '--trainer.max_epochs', '1',"
+        " '--data.num_samples', '200', '--wandb.mode', 'disabled',"
+        f" '--trainer.default_root_dir', {str(tmp_path / 'r')!r},"
+        " '--test_after_fit', 'false', '--trainer.enable_checkpointing', 'false']\n"
+        "import lightning.pytorch as pl\n"
+        "seen = {}\n"
+        "orig = pl.Trainer.fit\n"
+        "def fit(self, *a, **k):\n"
+        "    import torch\n"
+        f"    seen.update(env=os.environ.get({ENV!r}), torch=torch.get_num_threads())\n"
+        "    return orig(self, *a, **k)\n"
+        "pl.Trainer.fit = fit\n"
+        "main()\n"
+        f"print(json.dumps({{**seen, 'after': os.environ.get({ENV!r})}}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    first, seen = lines[0], json.loads(lines[-1])
+    n = seen["torch"]
+    assert first.startswith(f"overparam-lit fit: threads {n} (")
+    assert seen["env"] == str(n) and seen["after"] is None  # set for child processes, then restored
+    if len(os.sched_getaffinity(0)) <= 2:
+        assert first == f"overparam-lit fit: threads 1 ({len(os.sched_getaffinity(0))} cores)"
