@@ -5,21 +5,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
 from typing_extensions import override
 
-from overparam_lit.curvature import probe as cp
 from overparam_lit.curvature.plan import ProbePlan
-from overparam_lit.curvature.plots import density_figure
-from overparam_lit.curvature.spectrum import SpectrumSummary
 from overparam_lit.curvature.subset import kept_masks, subset_dims, subset_names
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import log_spaced
 from overparam_lit.utils import atomic_save_npz, log_image, log_scalars
+
+if TYPE_CHECKING:
+    from overparam_lit.curvature.spectrum import SpectrumSummary
 
 Schedule = Literal["epochs", "steps", "log_steps"]
 
@@ -92,6 +92,8 @@ class HessianProbe(L.Callback):
                  dtype: Literal["float32", "float64"] = "float32", params: Sequence[str] | None = None,
                  per_layer: bool = False, masks_attr: str | None = "pruning_masks",
                  save_figure: bool = True) -> None:
+        from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
+
         super().__init__()
         self.plan = ProbePlan(schedule, every, num_probes, probe_at_start, max_step)
         self.opts = cp.ProbeOptions(k, lanczos_iters, tol, slq_runs, slq_iters, negative_eps, seed,
@@ -121,6 +123,8 @@ class HessianProbe(L.Callback):
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Check the data module, the loss and the subset before any training step."""
+        from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
+
         if stage != "fit":
             return
         cp.check_probe_fit(pl_module, trainer.datamodule)
@@ -159,6 +163,8 @@ class HessianProbe(L.Callback):
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[SpectrumSummary]:
         """Run one probe now (all ranks), log and save it (rank zero); return the summaries."""
+        from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
+
         net, (r, w) = getattr(pl_module, "net", pl_module), (trainer.global_rank, trainer.world_size)
         t0 = time.perf_counter()
         x, y = self._probe_set(trainer)
@@ -181,6 +187,9 @@ class HessianProbe(L.Callback):
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, summaries: list[SpectrumSummary],
               layers: dict[str, list[float]], step: int, loss: np.ndarray) -> None:
+        from overparam_lit.curvature import probe as cp
+        from overparam_lit.curvature.plots import density_figure
+
         run = RunFolder.of(trainer)
         rows = pl_module.member_rows() if cp.member_count(pl_module) is not None else None
         arrays, density = cp.probe_arrays(summaries, layers, step, trainer.current_epoch, rows,
