@@ -77,3 +77,31 @@ def drop_wandb_anonymous(logger: Any) -> None:
     init = getattr(logger, "_wandb_init", None)
     if isinstance(init, dict) and init.get("anonymous") is None:
         init.pop("anonymous", None)
+
+
+def set_epoch_calls(trainer: L.Trainer, calls: int | float) -> None:
+    """Make the running epoch ``calls`` Lightning steps long (several optimizer steps per call).
+
+    The epoch loop ends an epoch, and validates at its end, after ``trainer.num_training_batches``
+    Lightning steps (``fit_loop.max_batches``; ``val_check_batch`` for ``val_check_interval=1.0``).
+    Both are set to the number of calls of this epoch, and back to the number of batches after it.
+    """
+    trainer.fit_loop.max_batches = calls
+    trainer.val_check_batch = calls
+
+
+def count_inner_steps(trainer: L.Trainer, steps: int) -> None:
+    """Count ``steps`` optimizer steps taken inside a Lightning step as if Lightning had taken them.
+
+    ``trainer.global_step`` is the automatic optimisation's completed optimizer-step count, and the
+    loggers' step is ``_batches_that_stepped`` (one per Lightning step): both advance by ``steps``.
+    """
+    loop = trainer.fit_loop.epoch_loop
+    progress = loop.automatic_optimization.optim_progress.optimizer
+    for _ in range(steps):
+        progress.zero_grad.increment_ready()
+        progress.zero_grad.increment_started()
+        progress.zero_grad.increment_completed()
+        progress.step.increment_ready()
+        progress.step.increment_completed()
+    loop._batches_that_stepped += steps

@@ -14,6 +14,7 @@ from typing_extensions import override
 
 from overparam_lit.curvature.plan import ProbePlan
 from overparam_lit.curvature.subset import kept_masks, subset_dims, subset_names
+from overparam_lit.models.steps import StepAwareCallback
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import log_spaced
 from overparam_lit.utils import atomic_save_npz, log_image, log_scalars
@@ -29,7 +30,7 @@ def log_spaced_steps(max_step: int, num_probes: int) -> list[int]:
     return log_spaced(max_step, num_probes)
 
 
-class HessianProbe(L.Callback):
+class HessianProbe(StepAwareCallback):
     """Probe the Hessian spectrum of the training loss during training.
 
     Each probe computes, on a fixed probe set from ``trainer.datamodule.probe_set``, the top-k and
@@ -148,6 +149,11 @@ class HessianProbe(L.Callback):
                            batch: Any, batch_idx: int) -> None:
         if self.plan.unit == "steps" and self.plan.due(trainer.global_step, self._points):
             self._maybe_probe(trainer, pl_module)
+
+    @override
+    def next_event_step(self, trainer: L.Trainer, step: int) -> int | None:
+        """The next probe step of a step schedule (``None`` on the ``epochs`` schedule)."""
+        return self.plan.next_point(step, self._points) if self.plan.unit == "steps" else None
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

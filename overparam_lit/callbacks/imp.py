@@ -129,6 +129,12 @@ class IterativeMagnitudePruning(MaskedTraining):
             self.levels_state.snapshot = module_state(pl_module)
 
     @override
+    def next_event_step(self, trainer: L.Trainer, step: int) -> int | None:
+        """The rewind step while level 0 has not taken its rewind point."""
+        rewind = self.opts.rewind_step
+        return rewind if rewind > step and self.levels_state.wants_snapshot(rewind, self.opts) else None
+
+    @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking and hasattr(pl_module, "member_epoch_metrics"):
             self.levels_state.observe(pl_module.member_epoch_metrics("val"))

@@ -19,6 +19,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from overparam_lit import pruning
+from overparam_lit.models.steps import StepAwareCallback
 
 
 def broadcast_masks(trainer: L.Trainer, masks: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -82,7 +83,7 @@ def evaluate_splits(trainer: L.Trainer, pl_module: L.LightningModule, splits: Se
     return out
 
 
-class MaskedTraining(L.Callback):
+class MaskedTraining(StepAwareCallback):
     """Keeps masked entries exactly zero during training (shared by IMP and ticket starts) through
     the bound :class:`~overparam_lit.pruning.Masks` of :attr:`masks`."""
 
@@ -105,4 +106,9 @@ class MaskedTraining(L.Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         if self._bound is not None:
+            self._bound.apply_()
+
+    @override
+    def on_optimizer_step_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._bound is not None:  # every optimizer step of a call of several
             self._bound.apply_()

@@ -13,11 +13,12 @@ from overparam_lit.compat import fresh_optimizers
 from overparam_lit.escape import widening as wd
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.models.stack import StackedNet, control_seed
+from overparam_lit.models.steps import StepAwareCallback
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import atomic_write_json, check, log_scalars
 
 
-class Widen(L.Callback):
+class Widen(StepAwareCallback):
     """Widen the network once during a fit without changing its function, and keep training.
 
     At optimizer step ``step`` (after that many steps; or after ``epoch`` epochs, the step
@@ -133,6 +134,15 @@ class Widen(L.Callback):
                            batch: Any, batch_idx: int) -> None:
         if not self.done:
             self._at_step(trainer, pl_module)
+
+    @override
+    def next_event_step(self, trainer: L.Trainer, step: int) -> int | None:
+        """The step before the widening (probed when ``probe_around``) and the widening step."""
+        if self.done or self.at is None:
+            return None
+        stops = [s for s in ((self.at - 1) if self.opts.probe_around else None, self.at)
+                 if s is not None and s > step]
+        return min(stops, default=None)
 
     def _at_step(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Probe the narrow net one step before the widening step, and widen at it."""

@@ -58,6 +58,12 @@ class ProbePlan:
             return set()
         return self.points.resolve(self.max_step or total_steps)
 
+    def next_point(self, point: int, resolved: set[int]) -> int | None:
+        """The first probe point ``> point`` (``None`` when ``log_steps`` has none left)."""
+        if self.schedule == "log_steps":
+            return min((p for p in resolved if p > point), default=None)
+        return (point // self.every + 1) * self.every
+
     def due(self, point: int, resolved: set[int]) -> bool:
         """Whether ``point`` (``>= 1``, in :attr:`unit`) is a probe point: a multiple of ``every``,
         or one of the ``resolved`` steps of ``log_steps``."""

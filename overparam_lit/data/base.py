@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from overparam_lit.data.noise import check_noise, corrupt_labels
+from overparam_lit.models.steps import StepChunk
 from overparam_lit.utils import check
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
@@ -22,6 +23,9 @@ class TensorBatches:
     fresh permutation from ``seed`` and the epoch number, so runs (and resumed runs) see the
     same order. Under DDP each rank takes every ``world_size``-th index of the permutation,
     training shards trimmed to equal length so every rank takes the same number of steps.
+    ``calls_fn``, asked when an epoch's iteration starts, may cut the epoch's batches into
+    :class:`~overparam_lit.models.steps.StepChunk` calls of several optimizer steps (the model's
+    ``take_epoch_calls``); ``len()`` stays the number of batches.
     """
 
     def __init__(
@@ -36,12 +40,14 @@ class TensorBatches:
         device: torch.device | str = "cpu",
         augment: Augment | None = None,
         drop_last: bool = False,
+        calls_fn: Callable[[], list[int] | None] | None = None,
     ) -> None:
         self.tensors = tuple(t.to(device) for t in tensors)
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.epoch_fn = shuffle, int(seed), epoch_fn
         self.rank, self.world_size = int(rank), int(world_size)
         self.augment, self.drop_last = augment, drop_last
+        self.calls_fn = calls_fn
         self.device = torch.device(device)
         n = self.tensors[0].shape[0]
         self.shard_size = n // self.world_size if shuffle else len(range(self.rank, n, self.world_size))
@@ -56,7 +62,7 @@ class TensorBatches:
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         return order[self.rank :: self.world_size][: self.shard_size].to(self.device)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.epoch_fn()))
         idx = self._indices(gen)
         x, y, y_true = self.tensors
@@ -67,6 +73,15 @@ class TensorBatches:
             if self.augment is not None:
                 xb = self.augment(xb, gen)
             yield xb, y[b], y_true[b]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor] | StepChunk]:
+        calls = self.calls_fn() if self.calls_fn is not None else None
+        if calls is None:
+            yield from self._batches()
+            return
+        batches = self._batches()  # the same batches, cut into calls of several optimizer steps
+        for size in calls:
+            yield StepChunk(batches, size)
 
 
 class ArrayDataModule(L.LightningDataModule):
@@ -190,6 +205,8 @@ class ArrayDataModule(L.LightningDataModule):
             world_size=trainer.world_size if trainer is not None else 1,
             device=device,
             augment=self.train_augment() if train else None,
+            calls_fn=getattr(trainer.lightning_module, "take_epoch_calls", None)
+            if train and trainer is not None else None,
         )
 
     def train_dataloader(self) -> TensorBatches:

@@ -10,11 +10,13 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.plugins import Precision
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics import Metric
 
 from overparam_lit import pruning
+from overparam_lit.compat import count_inner_steps, set_epoch_calls
 from overparam_lit.models.memory import MemoryEstimate, available_bytes, count_activations
 from overparam_lit.models.stack import (
     Member,
@@ -24,6 +26,13 @@ from overparam_lit.models.stack import (
     parse_seeds,
     parse_widths,
     seeded,
+)
+from overparam_lit.models.steps import (
+    StepAwareCallback,
+    StepChunk,
+    overrides,
+    plan_calls,
+    resolve_steps_per_call,
 )
 from overparam_lit.utils import ConfigError, check
 
@@ -89,6 +98,13 @@ class OverparamModule(L.LightningModule):
             ``widths`` is a single model seeded by ``seed_everything``.
         widths: members' widths (narrower members are padded to the widest with fixed masks).
             Without ``seeds`` every width uses the run's seed (``seed_everything``).
+        steps_per_call: optimizer steps per Lightning training step, over as many consecutive
+            batches: the same weights and rows as 1, with less of Lightning's per-step cost
+            (:mod:`overparam_lit.models.steps`). ``auto`` (default) takes several where that is
+            exact and 1 otherwise (gradient accumulation, mixed precision, DDP, validation within an
+            epoch, a callback acting at every step without declaring its steps;
+            :attr:`step_calls_reason` says which). A call always ends on a scheduled event (probe,
+            widening, rewind point, ``max_steps``).
     """
 
     def __init__(
@@ -102,6 +118,7 @@ class OverparamModule(L.LightningModule):
         lr_scheduler_interval: Literal["epoch", "step"] = "epoch",
         seeds: int | list[int] | None = None,
         widths: list[int] | None = None,
+        steps_per_call: int | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         check(
@@ -142,7 +159,15 @@ class OverparamModule(L.LightningModule):
         self.optimizer_factory = optimizer
         self.lr_scheduler_factory = lr_scheduler
         self.lr_scheduler_interval = lr_scheduler_interval
-        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        whole = isinstance(steps_per_call, int) and not isinstance(steps_per_call, bool)
+        check(steps_per_call == "auto" or (whole and steps_per_call >= 1),
+              "steps_per_call must be 'auto' or an integer >= 1", steps_per_call,
+              "Set --model.steps_per_call auto (default), or 1 for one optimizer step per Lightning step.")
+        self.steps_per_call: int | str = steps_per_call
+        self.step_calls, self.step_calls_reason = 1, "not resolved yet"  # resolved in setup("fit")
+        self._epoch_calls: list[int] | None = None
+        # how a fit runs, not what it builds: a checkpoint resumes under any steps_per_call
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "steps_per_call"])
         self.hparams["input_shape"] = list(self.input_shape)  # plain YAML in hparams.yaml
         self.members: list[Member] | None = None
         self.run_seed = int(torch.initial_seed())  # seed_everything's seed, before anything is drawn
@@ -317,7 +342,8 @@ class OverparamModule(L.LightningModule):
             f"{torch.device(device).type} has {free / 1024**3:.3g} GiB available. {fix}")
 
     def setup(self, stage: str) -> None:
-        """Refuse a fit whose memory estimate exceeds the training device, before any step."""
+        """Refuse a fit whose memory estimate exceeds the training device, before any step, and
+        resolve ``steps_per_call`` (an explicit K that would not be exact is refused here)."""
         if stage != "fit" or self._trainer is None:
             return
         dm = getattr(self.trainer, "datamodule", None)
@@ -325,6 +351,8 @@ class OverparamModule(L.LightningModule):
         if batch > 0:
             self._check_memory(self.estimate_memory(batch), self.trainer.strategy.root_device,
                                "to train")
+        self.step_calls, self.step_calls_reason = resolve_steps_per_call(self.steps_per_call, self.trainer,
+                                                                         self)
 
     # ---- forward, loss, metrics ---------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
@@ -366,20 +394,12 @@ class OverparamModule(L.LightningModule):
         out = self(x)
         target = y if split == "train" else y_true
         losses = self.member_losses(out, target)
-        with torch.no_grad():
-            counts = None
-            if self.task == "classification":
-                pred = (out if self.members is not None else out.unsqueeze(0)).argmax(dim=-1)
-                hit = pred == target
-                if split == "train":  # hits, hits on flipped labels (memorised noise), flips
-                    flipped = y != y_true
-                    counts = torch.stack([hit.sum(1), (hit & flipped).sum(1),
-                                          flipped.sum().expand(hit.shape[0])], dim=1)
-                else:  # hits on clean labels, on noisy labels
-                    counts = torch.stack([hit.sum(1), (pred == y).sum(1)], dim=1)
-            # a step only keeps references; the epoch's sums are made once, when it is read
-            step = self.trainer.global_step if split == "train" else 0
-            self._steps.setdefault(split, []).append((losses.detach(), x.shape[0], counts, step))
+        pred = None  # argmax and detach record no graph
+        if self.task == "classification":
+            pred = (out if self.members is not None else out.unsqueeze(0)).argmax(dim=-1)
+        # a step only keeps references; the epoch's counts and sums are made once, when read
+        step = self.trainer.global_step if split == "train" else 0
+        self._steps.setdefault(split, []).append((losses.detach(), x.shape[0], pred, y, y_true, step))
         return losses.sum()
 
     def _drain(self, split: str) -> None:
@@ -393,14 +413,21 @@ class OverparamModule(L.LightningModule):
                            dtype=losses.dtype, device=losses.device)
         sums[:, 0] = (losses * n[:, None]).sum(0)
         sums[:, -1] = n.sum()
-        if steps[0][2] is not None:
-            counts = torch.stack([s[2] for s in steps]).sum(0).to(losses.dtype)
-            sums[:, 1:1 + counts.shape[1]] = counts
+        if steps[0][2] is not None:  # (M, N) predictions of the epoch's samples, and their labels
+            pred = torch.cat([s[2] for s in steps], dim=1)
+            y, y_true = torch.cat([s[3] for s in steps]), torch.cat([s[4] for s in steps])
+            if split == "train":  # hits, hits on flipped labels (memorised noise), flips
+                hit, flipped = pred == y, y != y_true
+                counts = torch.stack([hit.sum(1), (hit & flipped).sum(1),
+                                      flipped.sum().expand(hit.shape[0])], dim=1)
+            else:  # hits on clean labels, on noisy labels
+                counts = torch.stack([(pred == y_true).sum(1), (pred == y).sum(1)], dim=1)
+            sums[:, 1:1 + counts.shape[1]] = counts.to(losses.dtype)
         self.metric[f"{split}_sums"].update(sums)
         if split == "train":
             bad = ~torch.isfinite(losses)
             for i in bad.any(0).nonzero().flatten().tolist():
-                self._first_bad.setdefault(i, steps[int(bad[:, i].nonzero()[0])][3])
+                self._first_bad.setdefault(i, steps[int(bad[:, i].nonzero()[0])][5])
 
     def member_epoch_metrics(self, split: str) -> dict[str, Tensor]:
         """Each member's metrics ``{key: (M,)}`` of the running epoch of ``split`` (``train``,
@@ -431,11 +458,93 @@ class OverparamModule(L.LightningModule):
         # metrics are already reduced over ranks
         self.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
-    def training_step(self, batch: Sequence[Tensor], batch_idx: int) -> Tensor:
-        """One optimisation step of every member (the sum of their mean losses)."""
+    def training_step(self, batch: Sequence[Tensor] | StepChunk, batch_idx: int) -> Tensor:
+        """One optimisation step of every member (the sum of their mean losses); for a chunk of
+        several batches, a step on each but the last here and the loss of the last."""
+        if isinstance(batch, StepChunk):
+            return self._train_call(batch, batch_idx)
         return self._step(batch, "train")
 
+    # ---- several optimizer steps per Lightning step ----------------------------------------
+    def on_train_start(self) -> None:
+        if self.step_calls > 1:  # the schedulers exist now
+            self.step_calls, self.step_calls_reason = resolve_steps_per_call(
+                self.steps_per_call, self.trainer, self)
+        cbs = self.trainer.callbacks
+        self._inner_hooks = {hook: [cb for cb in cbs if overrides(cb, L.Callback, hook)] for hook in (
+            "on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")}
+        self._inner_hooks["on_optimizer_step_end"] = [
+            cb for cb in cbs if isinstance(cb, StepAwareCallback)
+            and overrides(cb, StepAwareCallback, "on_optimizer_step_end")]
+
+    def on_train_epoch_start(self) -> None:
+        """Cut the epoch's batches into calls of at most ``step_calls`` optimizer steps that end
+        on every scheduled event (:func:`~overparam_lit.models.steps.plan_calls`)."""
+        self._epoch_calls = None
+        if self.step_calls <= 1:
+            return
+        trainer = self.trainer
+        events = [cb for cb in trainer.callbacks if isinstance(cb, StepAwareCallback)]
+
+        def next_event(step: int) -> int | None:
+            found = [s for cb in events if (s := cb.next_event_step(trainer, step)) is not None]
+            return min(found) if found else None
+
+        calls = plan_calls(trainer.global_step, len(trainer.train_dataloader), self.step_calls, next_event,
+                           trainer.max_steps)
+        self._epoch_calls = calls
+        set_epoch_calls(trainer, len(calls))
+
+    def take_epoch_calls(self) -> list[int] | None:
+        """The sizes of this epoch's calls for the training batches (read once, by the data
+        module's loader when the epoch's iteration starts); ``None``: one batch per step."""
+        calls, self._epoch_calls = self._epoch_calls, None
+        if calls is not None and all(c == 1 for c in calls):
+            return None
+        return calls
+
+    def _train_call(self, chunk: StepChunk, batch_idx: int) -> Tensor:
+        """Optimizer steps on all but the last batch of ``chunk`` with Lightning's hooks, clipping,
+        per-step schedulers and masks in Lightning's order; returns the last batch's loss, whose
+        step Lightning takes."""
+        trainer = self.trainer
+        plugin = trainer.precision_plugin  # converts each batch as Lightning converts one (64-true)
+        convert = plugin.convert_input if overrides(plugin, Precision, "convert_input") else None
+        batches = iter(chunk) if convert is None else map(convert, chunk)
+        if len(chunk) > 1:
+            opt = trainer.optimizers[0]
+            per_step = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
+            hooks = self._inner_hooks
+            clip = bool(trainer.gradient_clip_val) or overrides(self, L.LightningModule,
+                                                                  "configure_gradient_clipping")
+            for _ in range(len(chunk) - 1):
+                loss = self._step(next(batches), "train")
+                for cb in hooks["on_before_zero_grad"]:
+                    cb.on_before_zero_grad(trainer, self, opt)
+                self.optimizer_zero_grad(trainer.current_epoch, batch_idx, opt)
+                for cb in hooks["on_before_backward"]:
+                    cb.on_before_backward(trainer, self, loss)
+                loss.backward()
+                for cb in hooks["on_after_backward"]:
+                    cb.on_after_backward(trainer, self)
+                for cb in hooks["on_before_optimizer_step"]:
+                    cb.on_before_optimizer_step(trainer, self, opt)
+                self.on_before_optimizer_step(opt)
+                if clip:
+                    self.configure_gradient_clipping(opt, trainer.gradient_clip_val,
+                                                     trainer.gradient_clip_algorithm)
+                opt.step()
+                count_inner_steps(trainer, 1)
+                for scheduler in per_step:
+                    self.lr_scheduler_step(scheduler, None)
+                for cb in hooks["on_optimizer_step_end"]:
+                    cb.on_optimizer_step_end(trainer, self)
+                self._structure.apply_()
+        return self._step(next(batches), "train")
+
     def on_train_epoch_end(self) -> None:
+        if self._epoch_calls is not None or self.step_calls > 1:  # back to batches between epochs
+            set_epoch_calls(self.trainer, len(self.trainer.train_dataloader))
         self._log_epoch("train")
         self._stop_on_divergence()
 
