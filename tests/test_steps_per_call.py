@@ -217,3 +217,18 @@ def test_cli_rows_and_resume_across_steps_per_call(tmp_path: Path) -> None:
         assert torch.equal(value, got["state_dict"][key]), key
     train = lambda rs: [r for r in rs if r.get("train/loss")]  # noqa: E731
     assert train(rows(run)) == train(rows(tmp_path / "one"))
+
+
+@pytest.mark.ddp
+def test_ddp_equals_one_step_per_call(tmp_path: Path, run_ddp) -> None:
+    """Two processes: every rank holds the weights of the one-step-per-call fit, bit for bit."""
+    run_ddp("steps_ddp.py", tmp_path, "1", timeout=240)
+    run_ddp("steps_ddp.py", tmp_path, "auto", timeout=240)
+    ref = torch.load(tmp_path / "1-rank0.pt", weights_only=True)
+    assert ref["step_calls"] == 1 and ref["global_step"] == 8  # 100 samples per rank, batch 25
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"auto-rank{rank}.pt", weights_only=True)
+        assert got["step_calls"] == AUTO_STEPS and got["global_step"] == ref["global_step"]
+        for key, value in ref["state"].items():
+            assert torch.equal(value, got["state"][key]), (rank, key)
+        assert got["metrics"] == ref["metrics"]

@@ -10,9 +10,11 @@ from typing import Any, Literal
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.overrides.distributed import prepare_for_backward
 from lightning.pytorch.plugins import Precision
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
 from overparam_lit import pruning
@@ -517,6 +519,8 @@ class OverparamModule(L.LightningModule):
             hooks = self._inner_hooks
             clip = bool(trainer.gradient_clip_val) or overrides(self, L.LightningModule,
                                                                   "configure_gradient_clipping")
+            wrapped = trainer.strategy.model  # DDP syncs a backward it was prepared for
+            ddp = wrapped if isinstance(wrapped, DistributedDataParallel) else None
             for _ in range(len(chunk) - 1):
                 loss = self._step(next(batches), "train")
                 for cb in hooks["on_before_zero_grad"]:
@@ -524,6 +528,8 @@ class OverparamModule(L.LightningModule):
                 self.optimizer_zero_grad(trainer.current_epoch, batch_idx, opt)
                 for cb in hooks["on_before_backward"]:
                     cb.on_before_backward(trainer, self, loss)
+                if ddp is not None:
+                    prepare_for_backward(ddp, loss)
                 loss.backward()
                 for cb in hooks["on_after_backward"]:
                     cb.on_after_backward(trainer, self)

@@ -15,7 +15,8 @@ follow every optimizer step (masks) goes in :meth:`StepAwareCallback.on_optimize
 
 A callback that acts in a per-step hook without declaring its steps, and settings whose meaning
 is "per Lightning step" (gradient accumulation, ``val_check_interval`` within an epoch,
-``limit_train_batches``), keep K = 1: ``auto`` chooses 1 and says why; an explicit K > 1 is refused.
+``limit_train_batches``, DDP's broadcast of BatchNorm statistics), keep K = 1: ``auto`` chooses
+1 and says why; an explicit K > 1 is refused.
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def obstacles(trainer: L.Trainer, module: L.LightningModule) -> list[str]:
         why.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches}")
     if str(trainer.precision) not in EXACT_PRECISIONS:
         why.append(f"precision={trainer.precision}")
-    if trainer.world_size > 1:
-        why.append(f"{trainer.world_size} processes (DDP)")
+    statistics = any(n.endswith(("running_mean", "running_var")) for n, _ in module.named_buffers())
+    if trainer.world_size > 1 and statistics:
+        why.append("DDP with BatchNorm statistics (DDP broadcasts them once per Lightning step)")
     if trainer.val_check_interval != 1.0 or trainer.check_val_every_n_epoch is None:
         why.append(f"val_check_interval={trainer.val_check_interval}")
     if trainer.limit_train_batches != 1.0:
