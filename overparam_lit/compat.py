@@ -82,12 +82,21 @@ def drop_wandb_anonymous(logger: Any) -> None:
 def set_epoch_calls(trainer: L.Trainer, calls: int | float) -> None:
     """Make the running epoch ``calls`` Lightning steps long (several optimizer steps per call).
 
-    The epoch loop ends an epoch, and validates at its end, after ``trainer.num_training_batches``
-    Lightning steps (``fit_loop.max_batches``; ``val_check_batch`` for ``val_check_interval=1.0``).
-    Both are set to the number of calls of this epoch, and back to the number of batches after it.
+    The epoch loop ends an epoch after ``trainer.num_training_batches`` Lightning steps
+    (``fit_loop.max_batches``): the number of calls of this epoch, and the number of batches again
+    between epochs (where callbacks read it as the epoch's optimizer steps).
     """
     trainer.fit_loop.max_batches = calls
-    trainer.val_check_batch = calls
+
+
+def set_val_due(trainer: L.Trainer, due: bool) -> None:
+    """Make the epoch loop validate after the running Lightning step exactly when ``due``.
+
+    For a sized training set the loop validates when ``(batch_idx + 1) % val_check_batch == 0``,
+    counting Lightning steps; with several optimizer steps per call the module decides in
+    optimizer steps instead (in its ``on_train_batch_end``, which runs just before the check).
+    """
+    trainer.val_check_batch = 1 if due else 10**15
 
 
 def count_inner_steps(trainer: L.Trainer, steps: int) -> None:

@@ -144,6 +144,30 @@ def test_widen_at_a_step_equals_one_step_per_call(tmp_path: Path) -> None:
     assert_same(out[1][0], out["auto"][0])
 
 
+class ValLog(L.Callback):
+    def __init__(self) -> None:
+        self.steps: list[int] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self.steps.append(trainer.global_step)
+
+
+@pytest.mark.parametrize("interval", [{"val_check_interval": 3}, {"val_check_interval": 0.3},
+                                      {"val_check_interval": 4, "check_val_every_n_epoch": None},
+                                      {"check_val_every_n_epoch": 2}])
+def test_validation_lands_on_its_steps(tmp_path: Path, interval: dict[str, Any]) -> None:
+    out = {}
+    for k in (1, "auto"):
+        log = ValLog()
+        model, trainer = fit(tmp_path / str(k), k, callbacks=(log,), max_epochs=4, **interval)
+        out[k] = (model, log.steps, {key: float(v) for key, v in trainer.callback_metrics.items()})
+    assert out["auto"][0].step_calls == AUTO_STEPS
+    assert out[1][1] == out["auto"][1] and len(out[1][1]) >= 2, (out[1][1], out["auto"][1])
+    assert out[1][2] == out["auto"][2]
+    assert_same(out[1][0], out["auto"][0])
+
+
 class EveryStep(L.Callback):
     """A third-party callback acting at every step without declaring its steps."""
 
@@ -163,13 +187,11 @@ def test_auto_keeps_one_step_where_several_would_not_be_exact(tmp_path: Path) ->
     assert m.step_calls == AUTO_STEPS
     m, _ = fit(tmp_path / "c", "auto", accumulate_grad_batches=2, max_epochs=1)
     assert m.step_calls == 1 and "accumulate_grad_batches" in m.step_calls_reason
-    m, _ = fit(tmp_path / "d", "auto", val_check_interval=3, max_epochs=1)
-    assert m.step_calls == 1 and "val_check_interval" in m.step_calls_reason
 
 
 @pytest.mark.parametrize(("trainer_kw", "callbacks", "words"), [
     ({"accumulate_grad_batches": 2}, (), "accumulate_grad_batches=2"),
-    ({"val_check_interval": 0.5}, (), "val_check_interval=0.5"),
+    ({"val_check_interval": "00:00:00:01"}, (), "time-based val_check_interval"),
     ({}, (EveryStep(),), "EveryStep"),
 ])
 def test_explicit_steps_per_call_that_would_not_be_exact_is_refused(tmp_path: Path, trainer_kw, callbacks,

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
 from overparam_lit import pruning
-from overparam_lit.compat import count_inner_steps, set_epoch_calls
+from overparam_lit.compat import count_inner_steps, set_epoch_calls, set_val_due
 from overparam_lit.models.memory import MemoryEstimate, available_bytes, count_activations
 from overparam_lit.models.stack import (
     Member,
@@ -35,6 +35,7 @@ from overparam_lit.models.steps import (
     overrides,
     plan_calls,
     resolve_steps_per_call,
+    val_period,
 )
 from overparam_lit.utils import ConfigError, check
 
@@ -168,6 +169,7 @@ class OverparamModule(L.LightningModule):
         self.steps_per_call: int | str = steps_per_call
         self.step_calls, self.step_calls_reason = 1, "not resolved yet"  # resolved in setup("fit")
         self._epoch_calls: list[int] | None = None
+        self._val_steps: tuple[int, int] | None = None
         # how a fit runs, not what it builds: a checkpoint resumes under any steps_per_call
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler", "steps_per_call"])
         self.hparams["input_shape"] = list(self.input_shape)  # plain YAML in hparams.yaml
@@ -487,14 +489,19 @@ class OverparamModule(L.LightningModule):
             return
         trainer = self.trainer
         events = [cb for cb in trainer.callbacks if isinstance(cb, StepAwareCallback)]
+        start, num_batches = trainer.global_step, len(trainer.train_dataloader)
+        period, total = val_period(trainer.val_check_interval, trainer.check_val_every_n_epoch,
+                                   num_batches)
+        self._val_steps = (period, 0 if total else start)  # validation where (step - origin) % period == 0
 
         def next_event(step: int) -> int | None:
-            found = [s for cb in events if (s := cb.next_event_step(trainer, step)) is not None]
-            return min(found) if found else None
+            origin = 0 if total else start
+            val = origin + ((step - origin) // period + 1) * period
+            found = [val, *(s for cb in events if (s := cb.next_event_step(trainer, step)) is not None)]
+            return min(found)
 
-        calls = plan_calls(trainer.global_step, len(trainer.train_dataloader), self.step_calls, next_event,
-                           trainer.max_steps)
-        self._epoch_calls = calls
+        calls = plan_calls(start, num_batches, self.step_calls, next_event, trainer.max_steps)
+        self._epoch_calls, self._lightning_val_check = calls, trainer.val_check_batch
         set_epoch_calls(trainer, len(calls))
 
     def take_epoch_calls(self) -> list[int] | None:
@@ -549,8 +556,9 @@ class OverparamModule(L.LightningModule):
         return self._step(next(batches), "train")
 
     def on_train_epoch_end(self) -> None:
-        if self._epoch_calls is not None or self.step_calls > 1:  # back to batches between epochs
+        if self.step_calls > 1:  # back to Lightning's counts in batches between epochs
             set_epoch_calls(self.trainer, len(self.trainer.train_dataloader))
+            self.trainer.val_check_batch = self._lightning_val_check
         self._log_epoch("train")
         self._stop_on_divergence()
 
@@ -671,6 +679,9 @@ class OverparamModule(L.LightningModule):
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._structure.apply_()
+        if self.step_calls > 1 and self._val_steps is not None:  # validate after this call?
+            period, origin = self._val_steps
+            set_val_due(self.trainer, (self.trainer.global_step - origin) % period == 0)
 
     # ---- optimisation --------------------------------------------------------------------
     def configure_optimizers(self) -> object:

@@ -8,13 +8,14 @@ step, the last one through Lightning's own automatic optimisation. The result is
 batches, hooks, gradient clipping, LR scheduler steps and masks in the same order as K = 1.
 
 Events that happen at a step boundary (a Hessian probe at step ``s``, a widening, IMP's rewind
-point, ``max_steps``) stay on their step because a call never runs past them: each callback that
+point, validation every ``val_check_interval`` batches, ``max_steps``) stay on their step because
+a call never runs past them: each callback that
 acts in ``on_train_batch_end`` at given steps says which (:meth:`StepAwareCallback.next_event_step`)
 and :func:`plan_calls` cuts the epoch's batches so that a call ends exactly there. Work that must
 follow every optimizer step (masks) goes in :meth:`StepAwareCallback.on_optimizer_step_end`.
 
 A callback that acts in a per-step hook without declaring its steps, and settings whose meaning
-is "per Lightning step" (gradient accumulation, ``val_check_interval`` within an epoch,
+is "per Lightning step" (gradient accumulation, a time-based ``val_check_interval``,
 ``limit_train_batches``, DDP's broadcast of BatchNorm statistics), keep K = 1: ``auto`` chooses
 1 and says why; an explicit K > 1 is refused.
 """
@@ -109,8 +110,8 @@ def obstacles(trainer: L.Trainer, module: L.LightningModule) -> list[str]:
     statistics = any(n.endswith(("running_mean", "running_var")) for n, _ in module.named_buffers())
     if trainer.world_size > 1 and statistics:
         why.append("DDP with BatchNorm statistics (DDP broadcasts them once per Lightning step)")
-    if trainer.val_check_interval != 1.0 or trainer.check_val_every_n_epoch is None:
-        why.append(f"val_check_interval={trainer.val_check_interval}")
+    if (seconds := getattr(trainer, "_val_check_time_interval", None)) is not None:
+        why.append(f"a time-based val_check_interval (every {seconds:g} s)")
     if trainer.limit_train_batches != 1.0:
         why.append(f"limit_train_batches={trainer.limit_train_batches}")
     for config in trainer.lr_scheduler_configs:
@@ -139,6 +140,18 @@ def resolve_steps_per_call(requested: int | str, trainer: L.Trainer, module: L.L
             "remove what stands in the way; a callback that acts at given steps can subclass "
             "overparam_lit.models.steps.StepAwareCallback and declare them.")
     return k, "requested"
+
+
+def val_period(val_check_interval: float | int, check_val_every_n_epoch: int | None, num_batches: int
+               ) -> tuple[int, bool]:
+    """Validation every how many optimizer steps, as Lightning counts batches for one step per call
+    (an int ``val_check_interval``, or that fraction of the epoch's batches), and whether they are
+    counted from the fit's start (``check_val_every_n_epoch`` None) rather than the epoch's."""
+    if isinstance(val_check_interval, int) and not isinstance(val_check_interval, bool):
+        period = val_check_interval
+    else:
+        period = max(1, int(num_batches * val_check_interval))
+    return int(period), check_val_every_n_epoch is None
 
 
 def plan_calls(start: int, num_batches: int, k: int, next_event: Any, max_steps: int = -1) -> list[int]:
