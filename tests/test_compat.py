@@ -15,10 +15,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from overparam_lit.checkpointing import EpochBoundary, RunCheckpoint
 from overparam_lit.compat import (
     TESTED_LIGHTNING,
+    count_inner_steps,
     drop_wandb_anonymous,
     fresh_optimizers,
     mark_epoch_boundary,
     save_checkpoints_now,
+    set_epoch_calls,
+    set_val_due,
     wandb_run_if_started,
 )
 
@@ -133,3 +136,52 @@ def test_lightning_is_within_the_tested_range() -> None:
     assert (low, high) == ("2.6", "2.7") and TESTED_LIGHTNING == ("2.6", "2.6")
     version = tuple(int(p) for p in L.__version__.split(".")[:2])
     assert tuple(int(p) for p in low.split(".")) <= version < tuple(int(p) for p in high.split("."))
+
+
+def test_set_epoch_calls_ends_the_epoch_after_that_many_lightning_steps(tmp_path: Path) -> None:
+    seen = []
+
+    class Two(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            set_epoch_calls(trainer, 2)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            seen.append((trainer.current_epoch, batch_idx))
+
+    trainer(tmp_path, [Two()], epochs=2, enable_checkpointing=False).fit(Tiny(), loader())
+    assert seen == [(0, 0), (0, 1), (1, 0), (1, 1)]  # 2 of the loader's 4 batches an epoch
+
+
+def test_set_val_due_validates_after_the_chosen_step(tmp_path: Path) -> None:
+    seen = []
+
+    class AfterSecond(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            set_val_due(trainer, batch_idx == 1)  # decided before the epoch loop's check
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                seen.append(trainer.global_step)
+
+    class Validated(Tiny):
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    trainer(tmp_path, [AfterSecond()], epochs=1, enable_checkpointing=False,
+            num_sanity_val_steps=0).fit(Validated(), loader(), loader())
+    assert seen == [2]  # not at the epoch's end (step 4)
+
+
+def test_count_inner_steps_advances_global_step_and_the_loggers_step(tmp_path: Path) -> None:
+    seen = []
+
+    class Count(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            if batch_idx == 0:
+                before = (trainer.global_step, trainer.fit_loop.epoch_loop._batches_that_stepped)
+                count_inner_steps(trainer, 3)
+                after = (trainer.global_step, trainer.fit_loop.epoch_loop._batches_that_stepped)
+                seen.append((before, after))
+
+    trainer(tmp_path, [Count()], epochs=1, enable_checkpointing=False).fit(Tiny(), loader())
+    assert seen == [((1, 0), (4, 3))]
