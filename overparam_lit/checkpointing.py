@@ -1,19 +1,22 @@
 """Checkpoints of a run folder: written atomically, at the boundary between two epochs.
 
-- :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in its own folder,
-  fsyncs it and renames it into place. A kill leaves the old checkpoint or the new one, never a
-  truncated file, and no orphan in ``TMPDIR`` (Lightning's default goes through a temporary file
-  there, which ends up as a 0-byte ``last.ckpt`` when ``TMPDIR`` lies on another file system).
+- :class:`AtomicCheckpointIO` writes each checkpoint to a temporary file in its own folder and
+  renames it into place. A kill leaves the old checkpoint or the new one, never a truncated
+  file, and no orphan in ``TMPDIR`` (Lightning's default goes through a temporary file there,
+  which ends up as a 0-byte ``last.ckpt`` when ``TMPDIR`` lies on another file system).
 - :class:`RunCheckpoint` (``checkpoints/epoch=NNN.ckpt`` and ``last.ckpt``) saves once an epoch is
   complete: after the epoch's train and validation rows were handed to the loggers, before the
-  next epoch's first hook. Lightning's own ``ModelCheckpoint`` saves at the end of validation,
-  before the epoch's training metrics are logged, so a kill just after it lost that train row.
+  next epoch's first hook. Only the fit's last checkpoint waits for the disk (fsync); the others
+  rely on the order of atomic renames, which no kill of the process can break. Lightning's own
+  ``ModelCheckpoint`` saves at the end of validation, before the epoch's training metrics are
+  logged, so a kill just after it lost that train row.
   :class:`EpochBoundary` (first in the callback list) triggers the save at the next epoch's
   start; the last epoch is saved in ``on_train_end``, after the other callbacks finished it.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from overparam_lit.compat import mark_epoch_boundary, save_checkpoints_now
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write
+from overparam_lit.utils import atomic_write, fsync_deferred
 
 __all__ = ["AtomicCheckpointIO", "EpochBoundary", "RunCheckpoint"]
 
@@ -71,15 +74,18 @@ class RunCheckpoint(ModelCheckpoint):
     def on_train_batch_end(self, *args: Any, **kwargs: Any) -> None:
         pass
 
-    def save_epoch(self, trainer: L.Trainer) -> None:
+    def save_epoch(self, trainer: L.Trainer, final: bool = False) -> None:
         """Save now if an epoch completed since the last save (a resumed fit saves nothing
-        before it has trained an epoch)."""
+        before it has trained an epoch). Only the ``final`` save waits for the disk: the others
+        are atomic renames in write order, which a killed process cannot break
+        (:func:`~overparam_lit.utils.fsync_deferred`)."""
         if not self._epoch_done or trainer.sanity_checking or trainer.fast_dev_run:
             return
         self._epoch_done = False
         self._at_boundary = True
         try:
-            save_checkpoints_now(self, trainer, epoch=max(0, trainer.current_epoch - 1))
+            with contextlib.nullcontext() if final else fsync_deferred():
+                save_checkpoints_now(self, trainer, epoch=max(0, trainer.current_epoch - 1))
         finally:
             self._at_boundary = False
 
@@ -89,7 +95,7 @@ class RunCheckpoint(ModelCheckpoint):
             mark_epoch_boundary(checkpoint)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.save_epoch(trainer)
+        self.save_epoch(trainer, final=True)
 
 
 class EpochBoundary(L.Callback):

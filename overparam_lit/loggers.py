@@ -43,7 +43,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write, fsync_path
+from overparam_lit.utils import atomic_write, durable, fsync_path
 
 __all__ = [
     "CheckpointedCSV",
@@ -173,8 +173,9 @@ class CheckpointedCSV:
 
     # ---- checkpoint state ----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Flush and fsync, then ``{"rows": n, "file": name}``: what a checkpoint refers to."""
-        return {"rows": self.flush(sync=True), "file": self.path.name}
+        """Flush (and fsync unless :func:`~overparam_lit.utils.fsync_deferred`), then
+        ``{"rows": n, "file": name}``: what a checkpoint refers to."""
+        return {"rows": self.flush(sync=durable()), "file": self.path.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> int:
         """Cut the file back to the rows of a checkpoint's state; returns the rows removed."""

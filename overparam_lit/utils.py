@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import tempfile
 import types
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -67,10 +68,33 @@ def _test_kill(stage: str, path: Path) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: str | Path, write: Any, sync: bool = True) -> Path:
+_DURABLE = [True]
+
+
+def durable() -> bool:
+    """Whether writes now wait for the disk (``fsync``); see :func:`fsync_deferred`."""
+    return _DURABLE[-1]
+
+
+@contextlib.contextmanager
+def fsync_deferred() -> Iterator[None]:
+    """Writes inside skip ``fsync``. A killed process (even ``kill -9``) loses nothing by it: every
+    write that returned is in the kernel's page cache and atomic renames keep their order; only a
+    crash of the machine itself could lose what was not yet on disk. Tiny fits checkpoint every
+    epoch, where the flushes cost more than the epoch."""
+    _DURABLE.append(False)
+    try:
+        yield
+    finally:
+        _DURABLE.pop()
+
+
+def atomic_write(path: str | Path, write: Any, sync: bool | None = None) -> Path:
     """Write ``path`` atomically: ``write(tmp)`` fills a temporary file in the same folder, which
-    is flushed to disk (``sync``) and renamed over ``path``. A kill at any moment leaves either
-    the old file or the new one, never a half file, and no orphan outside the folder."""
+    is flushed to disk (``sync``, default :func:`durable`) and renamed over ``path``. A kill at any
+    moment leaves either the old file or the new one, never a half file, and no orphan outside
+    the folder."""
+    sync = durable() if sync is None else sync
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
