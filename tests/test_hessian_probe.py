@@ -72,6 +72,7 @@ def test_probe_leaves_training_untouched(tmp_path, eval_mode):
                 assert torch.equal(a[key], b[key]), key
 
 
+@pytest.mark.numeric
 def test_probe_logs_saves_and_matches_exact_hessian(tmp_path):
     torch.manual_seed(0)
     model = MLP(width=8, depth=1, activation="tanh")

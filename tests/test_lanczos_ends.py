@@ -195,12 +195,17 @@ def blocks_case(dtype: torch.dtype = torch.float64):
     return matvec, mask, blocks, calls
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_batched_lanczos_matches_eigh_and_single_runs(dtype):
     matvec, mask, blocks, calls = blocks_case(dtype)
     gens = [torch.Generator().manual_seed(s) for s in (11, 12, 13)]
     batch = lanczos_batched(matvec, mask, k=3, max_iters=30, tol=1e-6, generators=gens,
                             dtype=dtype, bottom_iters=60, return_vectors=True)
+    # batched vs single Lanczos: the same recurrence with the block products summed in another
+    # order; 30-60 steps amplify the rounding (eps * sqrt(n) per product) by the loss of
+    # orthogonality, so allow ~1e6 eps: 1e-10 for float64 (measured 6e-15), 1e-4 for float32
+    # (measured 1e-5 relative, 8e-6 absolute on values of size ~4)
     rtol = 1e-10 if dtype == torch.float64 else 1e-4
     for i, (res, A) in enumerate(zip(batch, blocks, strict=True)):
         d = A.shape[0]
@@ -229,6 +234,7 @@ def test_batched_lanczos_matches_eigh_and_single_runs(dtype):
     assert all(r.converged for r in batch)
 
 
+@pytest.mark.numeric
 def test_batched_slq_and_spectrum_match_single_members():
     matvec, mask, blocks, _ = blocks_case()
     gens = [torch.Generator().manual_seed(s) for s in (1, 2, 3)]

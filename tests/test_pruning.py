@@ -133,6 +133,7 @@ def _conv_net() -> nn.Module:
                          nn.Linear(10, 3))
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("kind", ["mlp", "conv"])
 @pytest.mark.parametrize("scope", ["layerwise", "global"])
 def test_structured_export_matches_masked(kind, scope):
@@ -219,6 +220,7 @@ def test_ticket_mismatch_refused():
         pruning.start_from_ticket(net, t, "lucky")
 
 
+@pytest.mark.numeric
 @pytest.mark.parametrize("family", ["CNN", "ResNet18"])
 def test_structured_export_on_framework_families(family):
     """Coupled groups of the BatchNorm CNN and the pre-activation ResNet18 (residual sums)."""

@@ -171,6 +171,7 @@ def test_anchor_policies():
         choose_anchors(yt, yt, 2, "mislabelled")
 
 
+@pytest.mark.numeric
 def test_label_maps_eval_mode_no_grad_and_restore():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(),
