@@ -10,7 +10,10 @@ with its own run folder ``OUT/points/<fit>/`` and ``--wandb.group <sweep name>``
 
 - **Local** (default): ``--workers`` processes (default: one per GPU, each seeing only its GPU;
   without GPUs two, or one on a single core), largest fits first; a fit of a later stage starts
-  once the fits it refers to are done.
+  once the fits it refers to are done. On Linux without GPUs (``--launch fork``) each worker has
+  imported torch, Lightning and the CLI once and forks a child per fit, which starts like a new
+  process (random state, threads, signals, its log), so start-up is paid once per worker, not per
+  fit; ``--launch process`` starts each fit as a new ``python -m overparam_lit fit``.
 - **SLURM** (``--executor slurm``): each fit is a submitit job (``submitit.AutoExecutor``, the fit run
   by ``submitit.helpers.CommandFunction``); ``--slurm KEY=VALUE`` passes options through
   (``partition=gpu``, ``gpus_per_node=1``, ``timeout_min=600``, ...). The sweep waits for each
@@ -36,7 +39,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
+import json
 import os
+import select
 import shlex
 import signal
 import subprocess
@@ -99,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
                    help="submitit option, e.g. partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)")
     p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster (tests: debug/local)
+    p.add_argument("--launch", choices=("fork", "process"), default=None,
+                   help="how a local fit starts: 'fork' (default on Linux without GPUs) forks each fit "
+                        "from a worker that imported torch, Lightning and the CLI once; 'process' starts "
+                        "each fit as a new `python -m overparam_lit fit` process (start-up and imports "
+                        "every time)")
     p.add_argument("--retries", type=int, default=1, help="extra attempts of a failing fit")
     p.add_argument("--timeout", type=float, default=None, help="seconds before a local attempt is killed")
     p.add_argument("--fresh", action="store_true", help="start interrupted fits over instead of resuming")
@@ -142,6 +153,343 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - not Linux: the signal handler still stops children
         pass
+
+
+FIT_PREFIX = ["-m", "overparam_lit", "fit"]
+"""What follows the interpreter in a fit command (:meth:`Plan.command`); a forked fit runs the rest."""
+
+
+def fork_available() -> bool:
+    """True where a fit can be forked from a worker that has imported once (Linux)."""
+    return hasattr(os, "fork") and sys.platform.startswith("linux")
+
+
+class _FitServer:
+    """A worker that has imported torch, Lightning and the CLI once and forks one child per fit.
+
+    ``here=True`` forks it from this process (the ``overparam-lit sweep`` process itself, which has
+    imported them already and runs nothing else yet); otherwise it is a new Python process that
+    imports them when it starts. It talks over two pipes, one JSON line per message: ``run`` (fork
+    a fit: its arguments, working folder, environment and log file) answered by ``exit`` (its exit
+    code once the fit ended), and ``kill`` (signal the running fit). The fit is the server's child
+    and the server reaps it, so a signal never reaches a recycled process id.
+    """
+
+    def __init__(self, env: dict[str, str], here: bool, close: list[int],
+                 preload: tuple[str, ...] = ()) -> None:
+        req_r, req_w = os.pipe()
+        rep_r, rep_w = os.pipe()
+        self.pid: int | None = None
+        self.proc: subprocess.Popen | None = None
+        if here:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            me = os.getpid()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the server process
+                try:
+                    for fd in (req_w, rep_r, *close):
+                        os.close(fd)
+                    _serve(req_r, rep_w, me, ",".join(preload))
+                finally:
+                    os._exit(0)
+            self.pid = pid
+        else:
+            code = ("import sys; from overparam_lit.studies.sweep import _serve; "
+                    "_serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])")
+            argv = [sys.executable, "-c", code, str(req_r), str(rep_w), str(os.getpid()), ",".join(preload)]
+            self.proc = subprocess.Popen(argv, pass_fds=(req_r, rep_w), env=env, stdin=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
+        os.close(req_r)
+        os.close(rep_w)
+        self.req, self.rep = req_w, rep_r
+        self.alive = True
+        self._buf = b""
+        self._write = threading.Lock()
+
+    def fds(self) -> list[int]:
+        return [self.req, self.rep]
+
+    def send(self, msg: dict[str, Any]) -> bool:
+        data = (json.dumps(msg) + "\n").encode()
+        with self._write:
+            try:
+                while data:
+                    data = data[os.write(self.req, data):]
+            except OSError:
+                self.alive = False
+        return self.alive
+
+    def receive(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next reply; ``None`` after ``timeout`` s; raises ``EOFError`` when the server died."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            ready, _, _ = select.select([self.rep], [], [], wait)
+            if not ready:
+                return None
+            chunk = os.read(self.rep, 65536)
+            if not chunk:
+                self.alive = False
+                raise EOFError("the fit server ended")
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return json.loads(line)
+
+    def close(self) -> None:
+        """End the server (it exits when its request pipe closes) and reap it."""
+        for fd in (self.req, self.rep):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.alive = False
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        elif self.pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                deadline = time.monotonic() + 10
+                while os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+                    if time.monotonic() > deadline:
+                        os.kill(self.pid, signal.SIGKILL)
+                        os.waitpid(self.pid, 0)
+                        break
+                    time.sleep(0.02)
+
+
+class _ForkedFit:
+    """A fit running in a child of a :class:`_FitServer`, with ``subprocess.Popen``'s
+    ``wait``/``terminate``/``kill``."""
+
+    def __init__(self, server: _FitServer, cmd: list[str], log: Path, env: dict[str, str]) -> None:
+        self.server = server
+        self.returncode: int | None = None
+        check(cmd[1:4] == FIT_PREFIX, "a forked fit runs `python -m overparam_lit fit ...`", cmd[:4],
+              "Use --launch process for other commands.")
+        ok = server.send({"op": "run", "args": cmd[4:], "cwd": os.getcwd(), "env": env,
+                          "log": str(Path(log).resolve())})
+        if not ok:
+            self.returncode = 1
+            self._note(log, "its worker process had ended")
+
+    @staticmethod
+    def _note(log: Path, why: str) -> None:
+        with open(log, "a") as fh:
+            fh.write(f"\n[sweep] the fit did not finish: {why}\n")
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.returncode is not None:
+            return self.returncode
+        try:
+            while True:
+                msg = self.server.receive(timeout)
+                if msg is None:
+                    raise subprocess.TimeoutExpired("fit", timeout or 0)
+                if msg.get("op") == "exit":
+                    self.returncode = int(msg["code"])
+                    return self.returncode
+        except EOFError:
+            self.returncode = -signal.SIGKILL
+            return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            self.server.send({"op": "kill", "signal": int(sig)})
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+
+def _serve(req: int, rep: int, parent: int, preload: str = "") -> None:  # pragma: no cover - server process
+    """The fit server's loop (see :class:`_FitServer`); returns when the sweep closes its pipe.
+    ``preload``: more modules the fits import, comma-separated (``wandb`` when they log to W&B)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the fits; the sweep ends the server
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
+    if os.getppid() != parent:
+        return
+    import torch  # noqa: F401  (imported once here, not once per fit)
+
+    import overparam_lit.cli  # noqa: F401
+
+    for name in filter(None, preload.split(",")):
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    buf = b""
+
+    def reply(msg: dict[str, Any]) -> None:
+        data = (json.dumps(msg) + "\n").encode()
+        while data:
+            data = data[os.write(rep, data):]
+
+    def requests(timeout: float | None) -> list[dict[str, Any]] | None:
+        """Messages that arrived within ``timeout`` s; ``None`` when the pipe closed."""
+        nonlocal buf
+        ready, _, _ = select.select([req], [], [], timeout)
+        if ready:
+            chunk = os.read(req, 65536)
+            if not chunk:
+                return None
+            buf += chunk
+        lines = buf.split(b"\n")
+        buf = lines.pop()
+        return [json.loads(line) for line in lines if line.strip()]
+
+    pending: list[dict[str, Any]] = []
+    while True:
+        if not pending:
+            got = requests(None)
+            if got is None:
+                return
+            pending += got
+            continue
+        msg = pending.pop(0)
+        if msg.get("op") != "run":  # a kill for a fit that has ended
+            continue
+        me = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _run_child(msg, close=[req, rep], server=me)  # never returns
+        status = None
+        while status is None:
+            done, raw = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = raw
+                break
+            got = requests(0.05)
+            if got is None:  # the sweep is gone: end the fit with it
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+                return
+            for m in got:
+                if m.get("op") == "kill":
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, int(m["signal"]))
+                else:
+                    pending.append(m)
+        reply({"op": "exit", "code": os.waitstatus_to_exitcode(status)})
+
+
+def _run_child(msg: dict[str, Any], close: list[int], server: int) -> None:  # pragma: no cover - the fit
+    """Become ``python -m overparam_lit fit ARGS`` in a forked child: the working folder,
+    environment and signals of a new process, stdout and stderr to the log, fresh random state,
+    then the fit and a normal interpreter exit (threads joined, ``atexit`` run, streams flushed)."""
+    code = 1
+    interrupted = False
+    try:
+        for fd in close:
+            os.close(fd)
+        _die_with_parent()
+        if os.getppid() != server:  # the server ended before the fit could ask to end with it
+            os._exit(1)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.chdir(msg["cwd"])
+        os.environ.clear()
+        os.environ.update(msg["env"])
+        out = os.open(msg["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.dup2(out, 1)
+        os.dup2(out, 2)
+        os.close(out)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        _fresh_streams()
+        _fresh_random_state()
+        import importlib.util
+
+        import __main__
+        from overparam_lit.cli import main as cli_main
+
+        spec = importlib.util.find_spec("overparam_lit.__main__")  # found, not run
+        with contextlib.suppress(AttributeError, TypeError):
+            __main__.__spec__ = spec  # Lightning's DDP launcher re-runs `python -m <spec> <argv>`
+        sys.argv = [spec.origin if spec is not None else "overparam-lit", "fit", *msg["args"]]
+        try:
+            cli_main()
+            code = 0
+        except SystemExit as exit_:
+            value = exit_.code
+            if value is None or isinstance(value, int):
+                code = value or 0
+            else:
+                print(value, file=sys.stderr)
+                code = 1
+        except KeyboardInterrupt:
+            import traceback
+
+            traceback.print_exc()
+            interrupted = True
+            code = 130
+        except BaseException:  # noqa: BLE001 - as the interpreter reports an uncaught exception
+            sys.excepthook(*sys.exc_info())
+            code = 1
+        with contextlib.suppress(BaseException):
+            threading._shutdown()  # type: ignore[attr-defined]  (join non-daemon threads, as at exit)
+        import atexit
+
+        with contextlib.suppress(BaseException):
+            atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        if interrupted:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+    except BaseException:  # noqa: BLE001 - the child never returns into the server's loop
+        with contextlib.suppress(BaseException):
+            import traceback
+
+            traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _fresh_streams() -> None:  # pragma: no cover - runs in the forked fit
+    """New ``sys.stdin/stdout/stderr`` over fds 0-2 (the inherited ones may be another program's
+    capture objects), and logging handlers that wrote to the old ones write to the new ones."""
+    import io
+    import logging
+
+    outs = {id(s) for s in (sys.stdout, sys.__stdout__) if s is not None}
+    errs = {id(s) for s in (sys.stderr, sys.__stderr__) if s is not None}
+    enc = {"encoding": "utf-8", "errors": "backslashreplace"}
+    sys.stdin = sys.__stdin__ = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8")
+    sys.stdout = sys.__stdout__ = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), line_buffering=True,
+                                                   write_through=False, **enc)
+    sys.stderr = sys.__stderr__ = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), line_buffering=True,
+                                                   **enc)
+    loggers = [logging.getLogger(), *(v for v in logging.Logger.manager.loggerDict.values()
+                                      if isinstance(v, logging.Logger))]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not None:
+                if id(handler.stream) in outs:
+                    handler.stream = sys.stdout
+                elif id(handler.stream) in errs:
+                    handler.stream = sys.stderr
+
+
+def _fresh_random_state() -> None:  # pragma: no cover - runs in the forked fit
+    """The random state of a new process: Python's, numpy's and torch's global generators seeded
+    from the system, not shared with the server or the other fits (a fit that sets no seed)."""
+    import random
+
+    random.seed()
+    if "numpy" in sys.modules:
+        import numpy as np
+
+        np.random.seed()
+    if "torch" in sys.modules:
+        import torch
+
+        torch.seed()
 
 
 @dataclass
@@ -241,6 +589,14 @@ class Sweep:
         workers = args.workers or spec.workers or (len(self.gpus) or min(2, os.cpu_count() or 1))
         check(workers >= 1, "--workers must be >= 1", workers, "Use e.g. --workers 2.")
         self.workers = workers
+        launch = args.launch or ("fork" if fork_available() and not self.gpus else "process")
+        check(launch == "process" or fork_available(), "--launch fork needs os.fork on Linux", sys.platform,
+              "Use --launch process.")
+        self.launch = launch
+        self.top_level = False
+        """True when this process was started to run this sweep (set by :func:`main`): nothing ran
+        in it before, so it can fork the fit servers itself instead of starting new processes."""
+        self._servers: dict[int, _FitServer] = {}
         self.slurm = dict(_slurm_option(s) for s in args.slurm)
         self._lock = threading.Condition()
         self._children: set[subprocess.Popen] = set()
@@ -334,11 +690,7 @@ class Sweep:
             return "done"
         fit.folder.mkdir(parents=True, exist_ok=True)
         self.folder.failed(fit.name).unlink(missing_ok=True)
-        env = dict(os.environ)
-        if self.gpus:
-            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-        elif "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        env = self._slot_env(slot)
         previous = len(self.folder.logs_of(fit.name))
         rc, log = 0, self.folder.log(fit.name, previous + 1)
         for attempt in range(1, self.args.retries + 2):
@@ -355,8 +707,7 @@ class Sweep:
             with open(log, "w") as fh:
                 fh.write("$ " + shlex.join(cmd) + "\n")
                 fh.flush()
-                proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                        preexec_fn=_die_with_parent if os.name == "posix" else None)
+                proc = self._start(cmd, fh, env, slot)
                 with self._lock:
                     self._children.add(proc)
                 try:
@@ -364,7 +715,8 @@ class Sweep:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     rc = proc.wait()
-                    fh.write(f"\n[sweep] killed after --timeout {self.args.timeout} s\n")
+                    with open(log, "a") as tail_fh:
+                        tail_fh.write(f"\n[sweep] killed after --timeout {self.args.timeout} s\n")
                 finally:
                     with self._lock:
                         self._children.discard(proc)
@@ -385,6 +737,65 @@ class Sweep:
         atomic_write_json({"fit": fit.name, "attempts": self._attempts.get(fit.name), "exit_code": rc,
                            "log": str(log)}, self.folder.failed(fit.name))
         return "failed"
+
+    def _slot_env(self, slot: int) -> dict[str, str]:
+        """The environment of the fits of worker ``slot``: its GPU, or its share of the cores."""
+        env = dict(os.environ)
+        if self.gpus:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
+        elif "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        return env
+
+    def _start(self, cmd: list[str], fh: Any, env: dict[str, str], slot: int) -> Any:
+        """Start one attempt of a fit, its output to the open log ``fh``: forked by the slot's fit
+        server (``--launch fork``) or a new process; returns a ``Popen``-like handle."""
+        if self.launch == "fork":
+            server = self._servers.get(slot)
+            if server is None or not server.alive:  # none yet (or it died): a new process, not a fork
+                if server is not None:  # of this process, which runs threads now
+                    server.close()
+                server = self._servers[slot] = _FitServer(env, here=False, close=[])
+            return _ForkedFit(server, cmd, Path(fh.name), env)
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                preexec_fn=_die_with_parent if os.name == "posix" else None)
+
+    def _start_servers(self, count: int) -> None:
+        """One fit server per worker, before the worker threads start: forked from this process
+        when it is the sweep's own process and runs no other thread (torch's thread pool has not
+        started and no lock is held), else new processes that import once."""
+        if self.launch != "fork":
+            return
+        here = self.top_level and threading.active_count() == 1
+        preload = ("wandb",) if self._uses_wandb() else ()
+        fds: list[int] = []
+        for slot in range(count):
+            server = _FitServer(self._slot_env(slot), here, close=list(fds), preload=preload)
+            fds += server.fds()
+            self._servers[slot] = server
+
+    def _uses_wandb(self) -> bool:
+        """True when some fit logs to W&B (``--wandb.mode`` of its configs and arguments, not
+        ``disabled``): the fit servers import wandb once then."""
+        from overparam_lit.cli import resolve_wandb_mode
+
+        mode = "auto"
+        for cfg in self.plan.configs:
+            with contextlib.suppress(Exception):
+                wandb = (yaml.safe_load(Path(cfg).read_text()) or {}).get("wandb")
+                if isinstance(wandb, dict) and wandb.get("mode"):
+                    mode = str(wandb["mode"])
+        modes = set()
+        for fit in self.plan.fits:
+            args = self.plan.command(fit)
+            own = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--wandb.mode"]
+            modes.add(resolve_wandb_mode(own[-1] if own else mode))
+        return modes != {"disabled"}
+
+    def _stop_servers(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
 
     def run_local(self, fits: list[Fit]) -> dict[str, str]:
         """Run ``fits`` on the local workers, each once the fits it refers to are done."""
@@ -443,11 +854,16 @@ class Sweep:
                         self._lock.notify_all()
 
         count = min(self.workers, len(queue)) or 1
-        threads = [threading.Thread(target=worker, daemon=True) for _ in range(count)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        if queue:
+            self._start_servers(count)
+        try:
+            threads = [threading.Thread(target=worker, daemon=True) for _ in range(count)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            self._stop_servers()
         return result
 
     def stop(self, signum: int, frame: Any) -> None:  # pragma: no cover - exercised by the kill test
@@ -584,8 +1000,10 @@ def _slurm_option(text: str) -> tuple[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """``overparam-lit sweep``: see the module docstring. Bad input raises :class:`ConfigError`."""
+    top_level = argv is None or list(sys.argv[1:]) == ["sweep", *argv]  # `overparam-lit sweep ...`
     args = build_parser().parse_args(argv)
     sweep = Sweep(args)
+    sweep.top_level = top_level
     if args.dry_run:
         for i, fit in enumerate(sweep.selected()):
             deps = f" (after {', '.join(fit.deps)})" if fit.deps else ""
