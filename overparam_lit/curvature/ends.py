@@ -28,14 +28,26 @@ float32 rounding of the weights) is invisible to any method and is not part of i
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse.linalg import ArpackNoConvergence, eigsh
+import torch
 from torch import Tensor
 
 CONFIDENCE = 0.99  # of the gap-free (random-start) bracket behind lambda_min_lower
 ROUNDINGS = 10  # units of eps * max|theta| added to the measured noise for the rounding of T
+
+
+def blas_threads() -> contextlib.AbstractContextManager:
+    """A context that caps numpy's and scipy's BLAS / LAPACK pools at torch's thread count, so a
+    probe's small dense eigenproblems do not fight torch for the cores; nothing without
+    ``threadpoolctl`` (imported here, on first use)."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=torch.get_num_threads())
 
 
 def noise_level(couplings: np.ndarray, theta: np.ndarray, eps: float) -> float:
@@ -59,6 +71,8 @@ def spectral_norm(sym: np.ndarray) -> float:
         return 0.0
     if n < 300:
         return float(np.abs(np.linalg.eigvalsh(sym)).max())
+    from scipy.sparse.linalg import ArpackNoConvergence, eigsh  # scipy only once a probe runs
+
     try:
         top = eigsh(sym, k=1, which="LM", tol=1e-3, return_eigenvectors=False)
         return float(np.abs(top).max()) * (1 + 1e-3)
