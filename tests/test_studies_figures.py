@@ -580,6 +580,6 @@ def test_registry_and_report(tmp_path: Path) -> None:
     from overparam_lit.studies.report import write_report
 
     page = write_report(sweep.root).read_text()
-    assert page.count("data:image/png;base64,") == 1 and "<h2>double-descent</h2>" in page
+    assert page.count("data:image/png;base64,") == 1 and "<section id='double-descent'>" in page
     assert "peak_test_error" in page and "<table>" in page and "Results (one row per member)" in page
     assert figures_for(sweep.root) == []  # no run folders here: only the sweep's own figure is drawn
