@@ -7,7 +7,15 @@ time of one HVP over the time of one gradient. The last line is JSON with
 ``speedup_vs_pyhessian`` (PyHessian wall time / ours, at equal or better accuracy) and
 ``hvp_over_grad``.
 
-    python scripts/bench_hessian.py [--width 256] [--probe 1000] [--repeats 3]
+It also times one probe of ``S`` stacked members (one block-diagonal product of the summed member
+losses per Lanczos / SLQ step) against ``S`` sequential single-model probes of the same members'
+weights, same probe set (500 samples) and budget (k = 5, 100 Lanczos steps at tol 1e-4, one SLQ
+run of 40 steps, float32), in this process, interleaved (stacked, sequential, sequential,
+stacked, ... with ``--stacked-pairs`` above 1): ``stacked_over_sequential_S`` is the median stacked
+time over the median sequential time, for S = 4 and 16 MNIST-1D 2 x 256 MLPs at init;
+``stacked_over_sequential`` is the worse of the two; the raw seconds are beside them.
+
+    python scripts/bench_hessian.py [--width 256] [--probe 1000] [--repeats 3] [--stacked-only]
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import torch
 from torch import nn
 
 from overparam_lit.curvature import HessianOperator, lanczos
+from overparam_lit.curvature.probe import ProbeOptions, probe_loss, probe_spectra
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
 
@@ -78,6 +87,38 @@ def median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def stacked_over_sequential(members: int, x: torch.Tensor, y: torch.Tensor, opts: ProbeOptions,
+                            width: int, pairs: int) -> dict:
+    """Seconds of one probe of ``members`` stacked MLPs and of ``members`` single-model probes of
+    the same weights, ``pairs`` times each, interleaved; also the largest relative difference of
+    their top-k eigenvalues."""
+    stack = MLP(input_shape=tuple(x.shape[1:]), width=width, depth=2, seeds=list(range(members)))
+    singles = [n.eval() for n in stack.member_networks()]
+    net, loss = stack.net.eval(), probe_loss(stack)
+
+    def stacked() -> list:
+        return probe_spectra(net, loss, x, y, [n for n, _ in net.named_parameters()], {}, members, opts)
+
+    def sequential() -> list:
+        return [probe_spectra(n, CE, x, y, [k for k, _ in n.named_parameters()], {}, None, opts)[0]
+                for n in singles]
+
+    times: dict[str, list[float]] = {"stacked": [], "sequential": []}
+    out: dict[str, list] = {}
+    for i in range(2 * pairs):
+        name = ("stacked", "sequential")[(i + i // 2) % 2]  # ABBA...: drift cancels over two pairs
+        t0 = time.perf_counter()
+        out[name] = stacked() if name == "stacked" else sequential()
+        times[name].append(time.perf_counter() - t0)
+        print(f"S = {members}: {name} probe {times[name][-1]:.2f} s", flush=True)
+    a, b = out["stacked"], out["sequential"]
+    top = max(float(np.max(np.abs(p.top - q.top) / np.abs(q.top))) for p, q in zip(a, b, strict=True))
+    t_st, t_seq = statistics.median(times["stacked"]), statistics.median(times["sequential"])
+    return {"ratio": round(t_st / t_seq, 3), "seconds_stacked": [round(t, 2) for t in times["stacked"]],
+            "seconds_sequential": [round(t, 2) for t in times["sequential"]],
+            "hvps_per_member": [int(s.num_hvps) for s in b], "top_rel_diff": top}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--width", type=int, default=256)
@@ -86,9 +127,40 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=5)
     ap.add_argument("--tol", type=float, default=1e-3)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--stacked-members", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--stacked-pairs", type=int, default=1, help="stacked and sequential timings each")
+    ap.add_argument("--stacked-iters", type=int, default=100, help="Lanczos budget (tol 1e-4)")
+    ap.add_argument("--stacked-slq", type=int, nargs=2, default=[1, 40], metavar=("RUNS", "ITERS"))
+    ap.add_argument("--stacked-probe", type=int, default=500,
+                    help="probe set of the stacked timing (fewer samples: cheaper products, so the "
+                         "basis work weighs more)")
+    ap.add_argument("--stacked-only", action="store_true", help="only the stacked-probe timing")
     args = ap.parse_args()
     dm = MNIST1D()
     x, y, _ = dm.probe_set(args.probe, "train", 0)
+
+    xs, ys, _ = dm.probe_set(args.stacked_probe, "train", 0)
+    opts = ProbeOptions(k=args.k, lanczos_iters=args.stacked_iters, tol=1e-4, slq_runs=args.stacked_slq[0],
+                        slq_iters=args.stacked_slq[1], probe_size=args.stacked_probe)
+    stacked = {}
+    for members in args.stacked_members:
+        stacked[members] = stacked_over_sequential(members, xs, ys, opts, args.width, args.stacked_pairs)
+        print(f"S = {members}: stacked / sequential {stacked[members]['ratio']}", flush=True)
+    result_stacked = {f"stacked_over_sequential_{m}": r["ratio"] for m, r in stacked.items()}
+    result_stacked.update(
+        stacked_over_sequential=max(r["ratio"] for r in stacked.values()),
+        stacked_seconds={str(m): {k: r[k] for k in ("seconds_stacked", "seconds_sequential")}
+                         for m, r in stacked.items()},
+        stacked_hvps_per_member={str(m): r["hvps_per_member"] for m, r in stacked.items()},
+        stacked_top_rel_diff=max(r["top_rel_diff"] for r in stacked.values()),
+        stacked_setup={"model": f"MNIST-1D MLP 2 x {args.width}", "probe_size": args.stacked_probe,
+                       "lanczos_iters": opts.lanczos_iters, "k": opts.k, "tol": opts.tol,
+                       "slq_runs": opts.slq_runs, "slq_iters": opts.slq_iters,
+                       "dtype": "float32", "threads": torch.get_num_threads()},
+    )
+    if args.stacked_only:
+        print(json.dumps(result_stacked))
+        return
 
     # 1) accuracy on a small model with an exact spectrum
     torch.manual_seed(0)
@@ -154,6 +226,7 @@ def main() -> None:
         "rel_error_ours": err_ours, "rel_error_pyhessian": err_ph,
         "equal_or_better_accuracy": bool(err_ours <= err_ph),
         "num_params": n_params, "probe_size": args.probe,
+        **result_stacked,
     }
     print(json.dumps(result))
 
