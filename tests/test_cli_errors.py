@@ -109,7 +109,7 @@ def test_read_only_run_folder(tmp_path: Path, capsys) -> None:  # pragma: no cov
     (["--trainer.max_epochs", "-5"], "trainer.max_epochs must be >= -1 (got -5)"),
     (["--seed_everything", "-1"], "seed_everything must lie in [0, 2**32 - 1] (got -1)"),
     (["-c", str(REPO / "configs" / "quickstart.yaml"), "--model.init_args.optimizer.init_args.lr", "-0.1"],
-     "the learning rate must be >= 0 (got -0.1)"),
+     "the learning rate must be > 0 (0 leaves the weights where they start) (got -0.1)"),
     (["--model.init_args.optimizer", "torch.optim.Adam", "--model.init_args.optimizer.init_args.betas",
       "[1.5, 0.9]"], "the optimizer settings were refused: Invalid beta parameter at index 0: 1.5"),
     (["--trainer.num_nodes", "0"], "trainer settings were refused: `num_nodes` must be a positive integer"),
@@ -155,14 +155,15 @@ def test_imp_checkpoint_without_imp_is_refused(capsys, imp_run: Path) -> None:
 
 
 def test_parser_errors_print_the_message_first(tmp_path: Path, capsys) -> None:
-    err = refused(capsys, ["fit", *COMMON, "--model.widht", "3"], lines=12)
-    assert err.startswith("overparam-lit fit: error: ") and "'widht' is not accepted" in err
-    assert "usage:" not in err and err.rstrip().endswith("Run `overparam-lit fit --help` for every option.")
+    err = refused(capsys, ["fit", *COMMON, "--model.widht", "3"])
+    assert err.startswith("overparam-lit fit: error: MLP has no option 'widht'; did you mean 'width'?")
+    assert "usage:" not in err and err.rstrip().endswith("(full parser message: OVERPARAM_LIT_DEBUG=1)")
     fragments = ["-c", str(REPO / "configs" / "quickstart.yaml"),
                  "-c", str(REPO / "callbacks" / "hessian.yaml")]
-    err = refused(capsys, ["fit", *fragments, "--trainer.callbacks.levels", "3"], lines=30)
+    err = refused(capsys, ["fit", *fragments, "--trainer.callbacks.levels", "3"])
     assert err.startswith("overparam-lit fit: error: ")
     assert "--trainer.callbacks.levels was applied to HessianProbe" in err
+    assert "levels is an option of IterativeMagnitudePruning (callbacks/imp.yaml)" in err
     with pytest.raises(SystemExit) as exc:
         main(["fit", "--help"])
     assert exc.value.code == 0 and "usage:" in capsys.readouterr().out

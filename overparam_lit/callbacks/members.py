@@ -6,6 +6,10 @@ each validation, training and test epoch, before the module resets them, and app
 member and epoch (``member``, ``seed``, ``width``, ``num_params``, ``epoch``, ``step`` and the
 train, val and test metrics). The rows reach the disk before each checkpoint, and a resumed fit
 cuts the file back to its checkpoint (:class:`~overparam_lit.loggers.CheckpointedCSVCallback`).
+
+A fit of several widths also logs, through the module (so into the same ``metrics.csv`` rows and
+W&B steps as ``val/acc``), each width's mean over its members: ``width/<k>/<split>/<metric>``, e.g.
+``width/16/val/acc`` (members whose loss is not finite are left out, as in the overall means).
 """
 
 from __future__ import annotations
@@ -36,6 +40,25 @@ def member_columns(task: str) -> list[str]:
                 key = "acc_noisy_memorized"
             cols.append(f"{split}/{key}")
     return cols
+
+
+def width_means(rows: list[dict[str, Any]], metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{"width/<k>/<key>": mean over the members of width k}`` of per-member ``metrics``
+    (``{key: (M,)}``), leaving out members whose loss is not finite; empty when all members have
+    one width (the overall means are that width's)."""
+    widths = [int(r["width"]) for r in rows]
+    if len(set(widths)) < 2:
+        return {}
+    loss = next((v for k, v in metrics.items() if k.endswith("/loss")), None)
+    finite = torch.isfinite(loss) if loss is not None else None
+    out: dict[str, torch.Tensor] = {}
+    for width in sorted(set(widths)):
+        mine = torch.tensor([w == width for w in widths], device=loss.device if loss is not None else None)
+        if finite is not None and bool((mine & finite).any()):
+            mine = mine & finite
+        for key, values in metrics.items():
+            out[f"width/{width}/{key}"] = values.detach()[mine.to(values.device)].mean().float()
+    return out
 
 
 class MembersTable(CheckpointedCSVCallback):
@@ -73,17 +96,29 @@ class MembersTable(CheckpointedCSVCallback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.sanity_checking:
             self._val = pl_module.member_epoch_metrics("val")
+            self._log_widths(pl_module, self._val)
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = pl_module.member_epoch_metrics("train")
+        self._log_widths(pl_module, metrics)
         metrics.update(self._val)
         self._val = {}
         self._write(trainer, pl_module, metrics)
 
     @override
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._write(trainer, pl_module, pl_module.member_epoch_metrics("test"))
+        metrics = pl_module.member_epoch_metrics("test")
+        self._log_widths(pl_module, metrics)
+        self._write(trainer, pl_module, metrics)
+
+    @staticmethod
+    def _log_widths(pl_module: L.LightningModule, metrics: dict[str, torch.Tensor]) -> None:
+        """Log each width's mean of ``metrics`` (``width/<k>/<key>``) when the members have more
+        than one width."""
+        logs = width_means(pl_module.member_rows(), metrics)
+        if logs:  # already reduced over ranks
+            pl_module.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
     @override
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -613,19 +613,22 @@ class OverparamModule(L.LightningModule):
         self.log_model_size()
 
     def log_model_size(self, again: bool = False) -> None:
-        """Log ``model/num_params`` and ``model/width`` (member means) to every logger, once per
-        trainer (a fit followed by its test logs them once) unless ``again`` (the network changed)."""
+        """Log the model's size to every logger, once per trainer (a fit followed by its test logs
+        it once) unless ``again`` (the network changed): ``model/num_params`` and ``model/width``
+        when every member has one width, else ``width/<k>/num_params`` for each width ``k`` (a mean
+        width or size of a widths fit would match no network)."""
         if getattr(self.trainer, "_overparam_logged_size", False) and not again:
             return
         self.trainer._overparam_logged_size = True
         if self.trainer.global_rank == 0:
-            widths = [r["width"] for r in self.member_rows()]
+            sizes = {r["width"]: r["num_params"] for r in self.member_rows()}
+            if len(sizes) == 1:
+                (width, count), = sizes.items()
+                metrics = {"model/num_params": float(count), "model/width": float(width)}
+            else:
+                metrics = {f"width/{w}/num_params": float(n) for w, n in sizes.items()}
             for logger in self.trainer.loggers:
-                logger.log_metrics(
-                    {"model/num_params": float(sum(self.member_num_params) / len(self.member_num_params)),
-                     "model/width": float(sum(widths) / len(widths))},
-                    step=self.trainer.global_step,
-                )
+                logger.log_metrics(metrics, step=self.trainer.global_step)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Checkpoints name their class and width, so ``overparam-lit export`` can rebuild a member

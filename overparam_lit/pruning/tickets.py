@@ -51,9 +51,35 @@ def load_ticket(path: str | Path) -> Ticket:
     return Ticket(masks=masks.cpu(), rewind_state=state, meta=meta)
 
 
+def _check_members(ticket: Ticket, model: nn.Module, params: Mapping[str, Tensor]) -> None:
+    """Refuse a ticket of another number of members (stacked tensors carry the members first),
+    naming the counts rather than the model."""
+    members = getattr(model, "num_members", 1) if getattr(model, "members", None) is not None else None
+    fix = ("Use a ticket from an IMP run with the same --model.seeds/--model.widths as this fit, or set "
+           "this fit's members to the ticket's.")
+    for name, m in ticket.masks.items():
+        if name not in params:
+            continue
+        have, want = tuple(m.shape), tuple(params[name].shape)
+        if have == want:
+            continue
+        if members is not None and len(have) == len(want) and have[1:] == want[1:]:
+            raise ConfigError(f"the ticket holds {have[0]} members and this fit has {members} (mask of "
+                              f"{name!r}: {have}, parameter {want}). {fix}")
+        if members is not None and have == want[1:]:
+            raise ConfigError(f"the ticket is of a single model and this fit has {members} members (mask "
+                              f"of {name!r}: {have}, parameter {want}). {fix}")
+        if members is None and have[1:] == want:
+            raise ConfigError(f"the ticket holds {have[0]} members and this fit is a single model (mask "
+                              f"of {name!r}: {have}, parameter {want}). {fix}")
+        return  # another model: named below
+
+
 def check_ticket(ticket: Ticket, model: nn.Module) -> None:
-    """Refuse a ticket whose masks or rewind state do not fit ``model`` (names and shapes)."""
+    """Refuse a ticket whose masks or rewind state do not fit ``model`` (names and shapes; a ticket
+    of another number of members is named as such)."""
     params = dict(model.named_parameters())
+    _check_members(ticket, model, params)
     state = {**params, **dict(model.named_buffers())}
     for name, m in ticket.masks.items():
         check(name in params, "ticket mask names a parameter the model does not have", name,

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from overparam_lit.studies.figures import FIGURES, draw
-from overparam_lit.studies.grid import parse_set_arg
+from overparam_lit.studies.grid import parse_value
 from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.utils import check
 
@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _option(text: str) -> tuple[str, object]:
+    """A ``-o KEY=VALUE`` figure option (``-o threshold=0.005``)."""
+    key, _, value = text.partition("=")
+    check("=" in text and key.strip().isidentifier(), "a figure option (-o) is not KEY=VALUE", text,
+          "Write e.g. -o threshold=0.005 (overparam-lit plot --list names each figure's options).")
+    return key.strip(), parse_value(value.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Draw the figure, print its numbers as one JSON line; bad input raises ``ConfigError``."""
     args = build_parser().parse_args(argv)
@@ -52,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         name = SweepFolder(source).read_spec().get("figure")
         check(bool(name), "no figure given and the folder names none", str(source),
               f"Write overparam-lit plot FIGURE {source} with FIGURE one of {', '.join(FIGURES)}.")
-    options = dict(parse_set_arg(o) for o in args.option)
+    options = dict(_option(o) for o in args.option)
     summary = draw(name, source, args.out, **options)
     print(json.dumps(summary))
     return 0
