@@ -99,6 +99,17 @@ def set_val_due(trainer: L.Trainer, due: bool) -> None:
     trainer.val_check_batch = 1 if due else 10**15
 
 
+def settle_ddp_buckets(ddp: Any) -> None:
+    """Let DDP build its gradient buckets from the backward passes seen so far.
+
+    In the first iteration DDP's reducer records the order in which gradients arrive and rebuilds
+    its buckets at the next preparation. Lightning's ``prepare_for_backward`` (used before each
+    backward inside a call of several optimizer steps) rebuilds first; the call's last backward is
+    prepared by DDP's own forward, which does not, so the order of two passes would be recorded.
+    """
+    ddp.reducer._rebuild_buckets()
+
+
 def count_inner_steps(trainer: L.Trainer, steps: int) -> None:
     """Count ``steps`` optimizer steps taken inside a Lightning step as if Lightning had taken them.
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -22,6 +24,7 @@ from overparam_lit.compat import (
     save_checkpoints_now,
     set_epoch_calls,
     set_val_due,
+    settle_ddp_buckets,  # noqa: F401  (run by tests/ddp/settle_buckets.py)
     wandb_run_if_started,
 )
 
@@ -185,3 +188,12 @@ def test_count_inner_steps_advances_global_step_and_the_loggers_step(tmp_path: P
 
     trainer(tmp_path, [Count()], epochs=1, enable_checkpointing=False).fit(Tiny(), loader())
     assert seen == [((1, 0), (4, 3))]
+
+
+def test_settle_ddp_buckets_lets_ddp_rebuild_after_two_backward_passes() -> None:
+    script = REPO / "tests" / "ddp" / "settle_buckets.py"
+    run = lambda flag: subprocess.run([sys.executable, str(script), flag], cwd=REPO,  # noqa: E731
+                                      capture_output=True, text=True, timeout=120)
+    assert run("1").returncode == 0
+    unsettled = run("0")  # the failure the shim prevents: DDP's reducer asserts on the second pass
+    assert unsettled.returncode != 0 and "rebuilt" in unsettled.stderr

@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
 from overparam_lit import pruning
-from overparam_lit.compat import count_inner_steps, set_epoch_calls, set_val_due
+from overparam_lit.compat import count_inner_steps, set_epoch_calls, set_val_due, settle_ddp_buckets
 from overparam_lit.models.memory import MemoryEstimate, available_bytes, count_activations
 from overparam_lit.models.stack import (
     Member,
@@ -553,6 +553,8 @@ class OverparamModule(L.LightningModule):
                 for cb in hooks["on_optimizer_step_end"]:
                     cb.on_optimizer_step_end(trainer, self)
                 self._structure.apply_()
+            if ddp is not None:  # the call's last backward is Lightning's, prepared by DDP itself
+                settle_ddp_buckets(ddp)
         return self._step(next(batches), "train")
 
     def on_train_epoch_end(self) -> None:
