@@ -402,6 +402,7 @@ def _run_child(msg: dict[str, Any], close: list[int], server: int) -> None:  # p
         os.close(null)
         _fresh_streams()
         _fresh_random_state()
+        _own_exit_handlers()
         import importlib.util
 
         import __main__
@@ -474,6 +475,20 @@ def _fresh_streams() -> None:  # pragma: no cover - runs in the forked fit
                     handler.stream = sys.stdout
                 elif id(handler.stream) in errs:
                     handler.stream = sys.stderr
+
+
+def _own_exit_handlers() -> None:  # pragma: no cover - runs in the forked fit
+    """Forget the exit handlers inherited from the server: they are the server's, run when it ends.
+    Run in a fit they would undo what the server still shares with the next fit: W&B's temporary
+    media folder, made once at import, would be deleted by the first fit that exits and the next
+    fit's W&B tables would fail. Handlers and finalizers the fit registers itself still run."""
+    import atexit
+    import weakref
+
+    atexit._clear()  # type: ignore[attr-defined]
+    for inherited in list(weakref.finalize._registry):  # type: ignore[attr-defined]
+        inherited.atexit = False
+    weakref.finalize._registered_with_atexit = False  # type: ignore[attr-defined]
 
 
 def _fresh_random_state() -> None:  # pragma: no cover - runs in the forked fit
