@@ -144,3 +144,17 @@ def test_killed_forked_fit_resumes(tmp_path: Path) -> None:
     rows = run.read_metrics()
     assert [int(r["epoch"]) for r in rows if r.get("train/loss")] == [0, 1, 2, 3]  # every epoch once
     assert len([r for r in rows if r.get("model/num_params")]) == 1
+
+
+def test_forked_fits_logging_to_wandb_one_after_another(tmp_path: Path) -> None:
+    """Two member fits in one worker, each writing a W&B table (offline): the second fit's table
+    must not find W&B's temporary media folder deleted by the first fit's exit."""
+    cfg = study(tmp_path, {"model.init_args.width": [2, 3], "seed_everything": [0, 1]}, pack="seeds")
+    text = yaml.safe_load(cfg.read_text())
+    text["wandb"] = {"mode": "offline"}
+    cfg.write_text(yaml.safe_dump(text, sort_keys=False))
+    res = sweep_process(tmp_path, "-c", str(cfg), "--out", "s", "--workers", "1", "--retries", "0")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert [r["status"] for r in read_csv(tmp_path / "s" / "results.csv")] == ["done"] * 4
+    for log in (tmp_path / "s" / "logs").iterdir():
+        assert "Traceback" not in log.read_text(), log.read_text()[-2000:]
