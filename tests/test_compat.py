@@ -3,6 +3,7 @@ upgrade that changes one of them fails here, by name."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -197,3 +198,17 @@ def test_settle_ddp_buckets_lets_ddp_rebuild_after_two_backward_passes() -> None
     assert run("1").returncode == 0
     unsettled = run("0")  # the failure the shim prevents: DDP's reducer asserts on the second pass
     assert unsettled.returncode != 0 and "rebuilt" in unsettled.stderr
+
+
+def test_cheap_cuda_checks_drops_lightnings_nvml_check_only_without_gpus(monkeypatch) -> None:
+    from overparam_lit.compat import NVML_CHECK, cheap_cuda_checks
+
+    monkeypatch.setattr(torch.backends.cuda, "is_built", lambda: True)
+    monkeypatch.setenv(NVML_CHECK, "1")  # what `import lightning` sets
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert not cheap_cuda_checks() and os.environ[NVML_CHECK] == "1"  # GPUs: keep fork safety
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert cheap_cuda_checks() and NVML_CHECK not in os.environ
+    import lightning.fabric  # noqa: F401
+
+    assert not cheap_cuda_checks()  # nothing left to drop

@@ -18,7 +18,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
 from overparam_lit import pruning
-from overparam_lit.compat import count_inner_steps, set_epoch_calls, set_val_due, settle_ddp_buckets
+from overparam_lit.compat import (
+    cheap_cuda_checks,
+    count_inner_steps,
+    set_epoch_calls,
+    set_val_due,
+    settle_ddp_buckets,
+)
 from overparam_lit.models.memory import MemoryEstimate, available_bytes, count_activations
 from overparam_lit.models.stack import (
     Member,
@@ -350,6 +356,7 @@ class OverparamModule(L.LightningModule):
         resolve ``steps_per_call`` (an explicit K that would not be exact is refused here)."""
         if stage != "fit" or self._trainer is None:
             return
+        cheap_cuda_checks()  # each optimizer step asks whether CUDA is available
         dm = getattr(self.trainer, "datamodule", None)
         batch = int(getattr(dm, "batch_size", 0) or 0)
         if batch > 0:
