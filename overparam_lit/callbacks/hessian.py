@@ -3,6 +3,7 @@ a thin adapter over :mod:`overparam_lit.curvature` (schedule, DDP shards, logs, 
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
@@ -17,9 +18,10 @@ from overparam_lit.curvature.subset import kept_masks, subset_dims, subset_names
 from overparam_lit.models.steps import StepAwareCallback
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import log_spaced
-from overparam_lit.utils import atomic_save_npz, log_image, log_scalars
+from overparam_lit.utils import atomic_save_npz, check, log_image, log_scalars
 
 if TYPE_CHECKING:
+    from overparam_lit.curvature.probe import ProbeBudget
     from overparam_lit.curvature.spectrum import SpectrumSummary
 
 Schedule = Literal["epochs", "steps", "log_steps"]
@@ -28,6 +30,69 @@ Schedule = Literal["epochs", "steps", "log_steps"]
 def log_spaced_steps(max_step: int, num_probes: int) -> list[int]:
     """About ``num_probes`` distinct steps in ``[1, max_step]``, spaced evenly in log scale."""
     return log_spaced(max_step, num_probes)
+
+
+def _say(trainer: L.Trainer, line: str) -> None:
+    """Print ``line`` to stderr on rank zero (``sys.stderr`` looked up now: a sweep's fit may
+    have replaced it)."""
+    if trainer.is_global_zero:
+        print(line, file=sys.stderr, flush=True)
+
+
+class _ProbeLines:
+    """A probe's console lines, as its ``progress(done, total)`` callable: the start line after the
+    second product (size, budget, and the estimate ``first + (total - 1) x second product's
+    time``: the first product also builds the gradient graph that the others reuse, so it takes
+    about twice as long), then a progress line every ``every`` seconds."""
+
+    def __init__(self, trainer: L.Trainer, step: int, budget: ProbeBudget, t0: float, every: float) -> None:
+        self.trainer, self.step, self.budget, self.t0, self.every = trainer, step, budget, t0, every
+        self.done, self.lines, self.next_at, self.started = 0, 0, t0, False
+        self.first, self.second, self.then = 0.0, 0.0, t0
+
+    def __call__(self, done: int, total: int) -> None:
+        self.done = done
+        now = time.perf_counter()
+        if done == 1:
+            self.first = self.second = now - self.t0
+        elif done == 2:
+            self.second = now - self.then
+        self.then = now
+        if done >= min(2, total) and not self.started:
+            self.start()
+        elif self.started and now >= self.next_at:
+            _say(self.trainer, f"hessian probe step {self.step}: {done}/{total} products, "
+                               f"{now - self.t0:.0f} s")
+            self.lines += 1
+            self.next_at = now + self.every
+
+    def start(self) -> None:
+        """The start line (once; a probe that stops after its first product prints it at its end)."""
+        total = self.budget.total
+        _say(self.trainer, f"hessian probe step {self.step}: {self.budget.describe()}; about "
+                           f"{_seconds(self.first + (total - 1) * self.second)} (first product "
+                           f"{_duration(self.first)}, then {_duration(self.second)} each)")
+        self.started, self.next_at = True, self.t0 + self.every
+
+    def finish(self) -> None:
+        """After the probe: the start line if not yet printed, and a last line after progress lines."""
+        if not self.started:
+            self.start()
+        if self.lines:
+            _say(self.trainer, f"hessian probe step {self.step}: done, {self.done} products, "
+                               f"{time.perf_counter() - self.t0:.0f} s")
+
+
+def _duration(s: float) -> str:
+    """``12 ms`` below a second, else ``1.4 s``."""
+    return f"{s * 1e3:.0f} ms" if s < 1 else f"{s:.1f} s"
+
+
+def _seconds(s: float) -> str:
+    """``about`` what: ``4 s``, ``0.4 s``, ``12 min``."""
+    if s < 1:
+        return f"{s:.1f} s"
+    return f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min"
 
 
 class HessianProbe(StepAwareCallback):
@@ -81,6 +146,15 @@ class HessianProbe(StepAwareCallback):
             ``masks`` of a pruning callback on the trainer are used (only unpruned weights span the
             Hessian); ``None`` ignores masks. A stack's padding never counts.
         save_figure: save and log the density picture.
+        progress_every: seconds between a probe's progress lines on the console (rank zero,
+            stderr). Every probe prints a start line after its second Hessian-vector product: its
+            size, its budget (the most products it may spend) and an estimate of its time from its
+            first two products (the first also builds what the others reuse), e.g. ``hessian probe
+            step 120: 78,858 parameters x 1 member, 1000 samples; at most 940 products (Lanczos
+            top 100 / bottom 300, SLQ 8 x 80); about 9 s (first product 19 ms, then 10 ms each)``.
+            A probe that runs longer than ``progress_every`` seconds then prints ``hessian probe
+            step 120: 517/940 products, 10 s`` that often, and a last line when it is done. ``0``
+            prints after every product; ``None`` prints nothing.
     """
 
     def __init__(self, schedule: Schedule = "epochs", every: int = 1, num_probes: int = 20,
@@ -92,7 +166,7 @@ class HessianProbe(StepAwareCallback):
                  method: Literal["auto", "jvp", "double_backward"] = "auto",
                  dtype: Literal["float32", "float64"] = "float32", params: Sequence[str] | None = None,
                  per_layer: bool = False, masks_attr: str | None = "pruning_masks",
-                 save_figure: bool = True) -> None:
+                 save_figure: bool = True, progress_every: float | None = 10.0) -> None:
         from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
 
         super().__init__()
@@ -101,6 +175,10 @@ class HessianProbe(StepAwareCallback):
                                     chunk_size, method, dtype, bottom_iters, probe_size, split, density_width)
         self.eval_mode, self.params = eval_mode, list(params) if params is not None else None
         self.per_layer, self.masks_attr, self.save_figure = per_layer, masks_attr, save_figure
+        check(progress_every is None or progress_every >= 0, "progress_every must be >= 0 seconds",
+              progress_every, "Use e.g. 10 (seconds between progress lines), 0 for every product, "
+              "or null for no console lines.")
+        self.progress_every = progress_every
         self.probed_steps: list[int] = []
         self.history: list[dict[str, float]] = []
         self._points: set[int] = set()
@@ -168,7 +246,8 @@ class HessianProbe(StepAwareCallback):
         self.probe(trainer, pl_module)
 
     def probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> list[SpectrumSummary]:
-        """Run one probe now (all ranks), log and save it (rank zero); return the summaries."""
+        """Run one probe now (all ranks), log and save it and print its console lines (rank zero);
+        return the summaries."""
         from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
 
         net, (r, w) = getattr(pl_module, "net", pl_module), (trainer.global_rank, trainer.world_size)
@@ -177,10 +256,14 @@ class HessianProbe(StepAwareCallback):
         buffers = {n: b.detach().clone() for n, b in net.named_buffers()} if w > 1 else None
         for n in sorted(buffers or {}):  # under DDP every rank takes rank 0's BatchNorm statistics
             buffers[n] = trainer.strategy.broadcast(buffers[n], src=0)
+        names, masks, members = subset_names(net, self.params), self._masks(trainer, pl_module), \
+            cp.member_count(pl_module)
+        budget = cp.probe_budget(net, names, masks, members, self.opts, int(x.shape[0]), self.per_layer)
+        progress = None if self.progress_every is None else \
+            _ProbeLines(trainer, int(trainer.global_step), budget, t0, float(self.progress_every))
         summaries, layers = cp.probe_network(
-            net, cp.probe_loss(pl_module), x[r::w], y[r::w], subset_names(net, self.params),
-            self._masks(trainer, pl_module), cp.member_count(pl_module), self.opts, w > 1, buffers,
-            self.eval_mode, self.per_layer)
+            net, cp.probe_loss(pl_module), x[r::w], y[r::w], names, masks, members, self.opts, w > 1,
+            buffers, self.eval_mode, self.per_layer, progress, budget)
         loss = cp.probe_losses(pl_module, x[r::w], y[r::w], self.opts.chunk_size, w > 1)
         step = int(trainer.global_step)
         scalars = cp.probe_scalars(summaries, layers, time.perf_counter() - t0, step, trainer.current_epoch)
@@ -189,6 +272,8 @@ class HessianProbe(StepAwareCallback):
         log_scalars(trainer, scalars, step=step)
         if trainer.global_rank == 0:
             self._save(trainer, pl_module, summaries, layers, step, loss)
+        if progress is not None:
+            progress.finish()
         return summaries
 
     def _save(self, trainer: L.Trainer, pl_module: L.LightningModule, summaries: list[SpectrumSummary],

@@ -22,9 +22,13 @@ from overparam_lit.curvature.lanczos import lanczos_batched
 from overparam_lit.curvature.members import MemberHessian
 from overparam_lit.curvature.plots import densities
 from overparam_lit.curvature.spectrum import SpectrumSummary, hessian_spectrum_batched
+from overparam_lit.curvature.subset import subset_dims
 from overparam_lit.utils import ConfigError, check
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+Progress = Callable[[int, int], None]
+"""``progress(done, total)``: called after each Hessian-vector product of a probe, with the
+products done so far and the most the probe may spend (:attr:`ProbeBudget.total`)."""
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 METHODS = ("auto", "jvp", "double_backward")
 
@@ -70,6 +74,94 @@ class ProbeOptions:
         check(self.dtype in DTYPES or self.dtype in DTYPES.values(), "unknown dtype", self.dtype,
               "Use 'float32' or 'float64'.")
         object.__setattr__(self, "dtype", DTYPES.get(self.dtype, self.dtype))  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class ProbeBudget:
+    """The size of one probe and the most Hessian-vector products it may spend.
+
+    A product is one batched product of the operator (for a stack, one product of the summed
+    member losses gives every member's). Each budget is capped at the largest member's dimension
+    (a run stops once its Krylov space is the whole space), so :attr:`total` is the most products
+    a probe may call, and its logged ``hessian/num_hvps`` (its members' mean, per-layer runs not
+    counted) never exceeds it.
+
+    Attributes:
+        dims: parameters spanning each member's Hessian (one entry for a single model).
+        members: ``M`` for a stack, ``None`` for a single model.
+        samples: samples of the probe set (over all ranks).
+        top: the Lanczos run's budget for both ends (``lanczos_iters``).
+        bottom: the products it may run on to while only the bottom end is unconverged
+            (``bottom_iters``, at least ``top``): the Lanczos run's most products.
+        slq_runs, slq_iters: SLQ runs and products per run (the trace comes from their starts).
+        layers: products of each per-layer ``lambda_max`` run (empty without ``per_layer``).
+    """
+
+    dims: tuple[int, ...]
+    members: int | None
+    samples: int
+    top: int
+    bottom: int
+    slq_runs: int
+    slq_iters: int
+    layers: tuple[int, ...] = ()
+
+    @property
+    def total(self) -> int:
+        """The most products the probe may spend: the Lanczos run, SLQ and per-layer runs."""
+        return self.bottom + self.slq_runs * self.slq_iters + sum(self.layers)
+
+    def describe(self) -> str:
+        """One line: ``78,858 parameters x 2 members, 1000 samples; at most 940 products
+        (Lanczos top 100 / bottom 300, SLQ 8 x 80)``."""
+        lo, hi = min(self.dims), max(self.dims)
+        params = f"{hi:,} parameters" if lo == hi else f"{lo:,}-{hi:,} parameters"
+        count = self.members or 1
+        size = f"{params} x {count} member{'s' if count != 1 else ''}, {self.samples} samples"
+        parts = [f"Lanczos top {self.top} / bottom {self.bottom}"]
+        if self.slq_runs:
+            parts.append(f"SLQ {self.slq_runs} x {self.slq_iters}")
+        if self.layers:
+            parts.append(f"per layer {len(self.layers)} x {max(self.layers)}")
+        return f"{size}; at most {self.total} products ({', '.join(parts)})"
+
+
+def probe_budget(net: nn.Module, names: Sequence[str], masks: Mapping[str, Tensor], members: int | None,
+                 opts: ProbeOptions, samples: int, per_layer: bool = False) -> ProbeBudget:
+    """The :class:`ProbeBudget` of :func:`probe_network` with these arguments (``samples``: the
+    probe set's size over all ranks)."""
+    dims = subset_dims(net, names, masks, members)
+    top = max(min(opts.lanczos_iters, d) for d in dims)
+    bottom = max(top, max(min(opts.bottom_iters or opts.lanczos_iters, d) for d in dims))
+    slq_iters = max(min(opts.slq_iters, d) for d in dims) if opts.slq_runs else 0
+    layers = []
+    if per_layer:
+        for group in layer_subsets(net).values():
+            group = [n for n in group if n in names]
+            if group:
+                layers.append(max(min(opts.lanczos_iters, d)
+                                  for d in subset_dims(net, group, masks, members)))
+    return ProbeBudget(tuple(dims), members, int(samples), top, bottom, opts.slq_runs, slq_iters,
+                       tuple(layers))
+
+
+class _Counted:
+    """A matvec that counts its products and reports each to ``progress(done, total)``."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.total, self.progress, self.done = int(total), progress, 0
+
+    def wrap(self, matvec: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+        if self.progress is None:
+            return matvec
+
+        def counted(v: Tensor) -> Tensor:
+            out = matvec(v)
+            self.done += 1
+            self.progress(self.done, self.total)  # type: ignore[misc]
+            return out
+
+        return counted
 
 
 def check_k(k: int, dims: Sequence[int]) -> None:
@@ -169,12 +261,13 @@ def _operator(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: Sequ
 
 def probe_spectra(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: Sequence[str],
                   masks: Mapping[str, Tensor], members: int | None, opts: ProbeOptions,
-                  distributed: bool = False, buffers: Mapping[str, Tensor] | None = None
-                  ) -> list[SpectrumSummary]:
+                  distributed: bool = False, buffers: Mapping[str, Tensor] | None = None,
+                  counter: _Counted | None = None) -> list[SpectrumSummary]:
     """Spectrum summaries of the Hessian of ``loss_fn`` on ``(x, y)``: one for a single model
     (``members=None``), else one per member (``loss_fn`` is then the *sum* of the members' mean
     losses and ``masks`` hold each member's kept entries with a leading member axis)."""
     matvec, mask = _operator(net, loss_fn, x, y, names, masks, members, opts, distributed, buffers)
+    matvec = counter.wrap(matvec) if counter is not None else matvec
     check_k(opts.k, [int(d) for d in mask.sum(1)])
     return hessian_spectrum_batched(
         matvec, mask, k=opts.k, lanczos_iters=opts.lanczos_iters, tol=opts.tol, slq_runs=opts.slq_runs,
@@ -184,8 +277,8 @@ def probe_spectra(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: 
 
 def layer_lambda_max(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: Sequence[str],
                      masks: Mapping[str, Tensor], members: int | None, opts: ProbeOptions,
-                     distributed: bool = False, buffers: Mapping[str, Tensor] | None = None
-                     ) -> dict[str, list[float]]:
+                     distributed: bool = False, buffers: Mapping[str, Tensor] | None = None,
+                     counter: _Counted | None = None) -> dict[str, list[float]]:
     """The largest eigenvalue of each layer's diagonal Hessian block (per member)."""
     out = {}
     for layer, group in layer_subsets(net).items():
@@ -193,6 +286,7 @@ def layer_lambda_max(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, name
         if not group:
             continue
         matvec, mask = _operator(net, loss_fn, x, y, group, masks, members, opts, distributed, buffers)
+        matvec = counter.wrap(matvec) if counter is not None else matvec
         gens = [torch.Generator().manual_seed(opts.seed) for _ in range(mask.shape[0])]
         res = lanczos_batched(matvec, mask, k=1, max_iters=opts.lanczos_iters, tol=opts.tol,
                               generators=gens, dtype=opts.dtype, device=mask.device, which="top")
@@ -233,11 +327,20 @@ def stacked_arrays(summaries: Sequence[SpectrumSummary]) -> dict[str, np.ndarray
 def probe_network(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: Sequence[str],
                   masks: Mapping[str, Tensor], members: int | None, opts: ProbeOptions,
                   distributed: bool = False, buffers: Mapping[str, Tensor] | None = None,
-                  eval_mode: bool = True, per_layer: bool = False
+                  eval_mode: bool = True, per_layer: bool = False, progress: Progress | None = None,
+                  budget: ProbeBudget | None = None
                   ) -> tuple[list[SpectrumSummary], dict[str, list[float]]]:
     """One probe that leaves training untouched: :func:`probe_spectra` (and, with ``per_layer``,
     :func:`layer_lambda_max`) in eval mode when ``eval_mode``, with gradients on, autocast off and
-    the RNG state restored afterwards, as are the modules' training modes."""
+    the RNG state restored afterwards, as are the modules' training modes.
+
+    ``progress(done, total)`` is called after each product (on every rank), ``total`` being the
+    ``budget``'s :attr:`~ProbeBudget.total` (default: :func:`probe_budget` of these arguments,
+    ``x`` taken as the whole probe set). It only watches: the results do not depend on it."""
+    counter = None
+    if progress is not None:
+        budget = budget or probe_budget(net, names, masks, members, opts, int(x.shape[0]), per_layer)
+        counter = _Counted(budget.total, progress)
     device = next(net.parameters()).device
     modes = {m: m.training for m in net.modules()}
     try:
@@ -246,7 +349,7 @@ def probe_network(net: nn.Module, loss_fn: LossFn, x: Tensor, y: Tensor, names: 
         cuda = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda), torch.inference_mode(False), torch.enable_grad(), \
                 torch.autocast(device.type, enabled=False):
-            args = (net, loss_fn, x, y, names, masks, members, opts, distributed, buffers)
+            args = (net, loss_fn, x, y, names, masks, members, opts, distributed, buffers, counter)
             summaries = probe_spectra(*args)
             layers = layer_lambda_max(*args) if per_layer else {}
     finally:
