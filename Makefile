@@ -1,5 +1,5 @@
 # Two commands set up a fresh machine and run things:
-#   make demo   -> virtual environment + the quickstart fit (MNIST-1D MLP, about a minute on a laptop CPU)
+#   make demo   -> virtual environment + the quickstart fit (MNIST-1D MLP, about 10 s on 2 CPU cores)
 #   make test   -> virtual environment + the test suite (slow scientific checks excluded)
 #
 # Torch is pinned here, not in pyproject.toml (which takes any torch >= 2.3): 2.14.1 with
