@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import lightning as L
 
 from overparam_lit.models.stack import leading, member_grid, parse_seeds, parse_widths
-from overparam_lit.runfolder import read_checkpoint
-from overparam_lit.utils import atomic_save, check
+from overparam_lit.runfolder import RunFolder, read_checkpoint
+from overparam_lit.utils import ConfigError, atomic_save, check
 
 MEMBER_KEYS = ("seeds", "widths")
 
@@ -33,6 +34,26 @@ def _load(path: str | Path) -> dict[str, Any]:
 def _class(path: str) -> type[L.LightningModule]:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
+
+
+def check_output(out: str | Path, ckpt_path: str | Path) -> None:
+    """Refuse an ``out`` that cannot be written, or that would replace a run's checkpoint: the
+    checkpoint being exported, or any file in a run folder's ``checkpoints/`` (a resume would
+    take a member's checkpoint there for the fit's own)."""
+    out = Path(out)
+    fix = "Give --out a new file outside the run's checkpoints/ folder, e.g. --out member3.ckpt."
+    check(not out.is_dir(), "--out is a folder, not a file", str(out), fix)
+    parent = out.parent if str(out.parent) else Path(".")
+    check(parent.is_dir(), "the folder of --out does not exist", str(out), fix)
+    check(os.access(parent, os.W_OK | os.X_OK), "the folder of --out is not writable", str(out), fix)
+    same = out.exists() and Path(ckpt_path).exists() and os.path.samefile(out, ckpt_path)
+    check(not same, "--out is the checkpoint being exported; writing it would replace the fit's own "
+          "checkpoint", str(out), fix)
+    run = RunFolder(parent.parent)
+    inside = parent.resolve() == run.checkpoints.resolve() and run.holds_run()
+    check(not inside, "--out lies in a run folder's checkpoints/, where it would replace or stand beside "
+          "the run's own checkpoints (a resume would pick it up)", str(out), fix)
+    check(not out.exists() or os.access(out, os.W_OK), "--out exists and is not writable", str(out), fix)
 
 
 def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
@@ -70,7 +91,7 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
         t = ckpt["state_dict"][key][member]
         state[key] = (t[leading(shape)] if padded else t).clone()
     out = Path(out)
-    check(not out.is_dir(), "the output path is a folder", str(out), "Give a file name, e.g. member3.ckpt.")
+    check_output(out, ckpt_path)
     atomic_save({
         "state_dict": state,
         "hyper_parameters": single_hp,
@@ -84,9 +105,19 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
     return out
 
 
+EXAMPLE = "overparam-lit export runs/x/checkpoints/last.ckpt --member 3 --out member3.ckpt"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, message first, with an example (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}. Example: {EXAMPLE} (every option: {self.prog} --help).")
+
+
 def main(argv: list[str]) -> None:
     """``overparam-lit export CKPT --member I --out FILE``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="overparam-lit export",
         description="Write one member of a members fit (--model.seeds / --model.widths) as a "
                     "standalone checkpoint of its model class, at its own width.",
@@ -95,8 +126,14 @@ def main(argv: list[str]) -> None:
                "overparam-lit test --model MLP --ckpt_path member3.ckpt ...",
     )
     parser.add_argument("ckpt", help="checkpoint of a members fit")
-    parser.add_argument("--member", type=int, required=True, help="member index (see members.csv)")
-    parser.add_argument("--out", required=True, help="file to write")
+    parser.add_argument("--member", type=int, help="member index (see members.csv)")
+    parser.add_argument("--out", help="file to write")
     args = parser.parse_args(argv)
+    for option in ("member", "out"):
+        if getattr(args, option) is None:
+            given = " ".join(argv)
+            raise ConfigError(f"--{option} is missing (got `overparam-lit export {given}`). Name the "
+                              f"member (its index in the fit's members.csv) and the file to write: {EXAMPLE}")
+    check_output(args.out, args.ckpt)
     path = export_member(args.ckpt, args.member, args.out)
     print(f"wrote {path}")

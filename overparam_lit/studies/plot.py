@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from overparam_lit.studies.figures import FIGURES, draw
 from overparam_lit.studies.grid import parse_value
 from overparam_lit.studies.runs import SweepFolder
-from overparam_lit.utils import check
+from overparam_lit.utils import ConfigError, check
 
 __all__ = ["build_parser", "main"]
 
@@ -56,11 +57,43 @@ def main(argv: list[str] | None = None) -> int:
     if source is None and name is not None and name not in FIGURES and Path(name).is_dir():
         name, source = None, Path(name)
     check(source is not None, "no folder given", argv, "Write overparam-lit plot FIGURE DIR.")
+    check(Path(source).is_dir(), "run or sweep folder not found", str(source),
+          "Give a folder that `overparam-lit sweep` or `overparam-lit fit` wrote.")
     if name is None:
         name = SweepFolder(source).read_spec().get("figure")
         check(bool(name), "no figure given and the folder names none", str(source),
               f"Write overparam-lit plot FIGURE {source} with FIGURE one of {', '.join(FIGURES)}.")
     options = dict(_option(o) for o in args.option)
-    summary = draw(name, source, args.out, **options)
+    if args.out is None:
+        check_output(Path(source) / SweepFolder.FIGURES, folder=True)
+    else:
+        check_output(args.out if args.out.suffix else args.out.with_suffix(".png"))  # as the figures name it
+    try:
+        summary = draw(name, source, args.out, **options)
+    except OSError as err:
+        where = err.filename or args.out or source
+        raise ConfigError(f"the figure could not be drawn: {err.strerror or err} (got {str(where)!r}). "
+                          "Check that the folder can be read and that --out names a file in a folder "
+                          "you can write to.") from None
     print(json.dumps(summary))
     return 0
+
+
+def check_output(path: str | Path, folder: bool = False) -> None:
+    """Refuse, before anything is drawn, an output that cannot be written: ``path`` (a picture)
+    must not be a folder and its folder must exist and be writable; with ``folder``, ``path`` is
+    the folder the pictures go to (made if missing inside a writable folder)."""
+    path = Path(path)
+    if folder:
+        fix = "Give --out a picture path in a folder you can write to, e.g. --out figure.png."
+        check(not path.exists() or path.is_dir(), "the figures folder is a file", str(path), fix)
+        parent = path if path.is_dir() else path.parent
+        check(parent.is_dir() and os.access(parent, os.W_OK | os.X_OK), "the figures cannot be written there",
+              str(path), fix)
+        return
+    fix = "Give --out a picture path in an existing folder you can write to (default: SOURCE/figures/)."
+    check(not path.is_dir(), "--out is a folder, not a file", str(path), fix)
+    parent = path.parent if str(path.parent) else Path(".")
+    check(parent.is_dir(), "the folder of --out does not exist", str(path), fix)
+    check(os.access(parent, os.W_OK | os.X_OK), "the folder of --out is not writable", str(path), fix)
+    check(not path.exists() or os.access(path, os.W_OK), "--out exists and is not writable", str(path), fix)

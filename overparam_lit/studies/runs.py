@@ -18,7 +18,7 @@ import numpy as np
 
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.results import RESULTS_FILE, read_results, run_seed, run_width
-from overparam_lit.utils import check
+from overparam_lit.utils import ConfigError, check
 
 __all__ = ["SweepFolder", "epoch_losses", "hessian_rows", "imp_rows", "regions_rows",
            "run_folders", "run_num_classes", "ticket_rows", "widen_record"]
@@ -36,6 +36,7 @@ class SweepFolder:
         wandb_sweep*.yaml   W&B sweep files (--wandb-sweep)
         figures/<figure>.png, figures/<figure>.json   overparam-lit plot
         report.html         overparam-lit report
+        sweep.lock          held while a sweep runs (a second sweep on the folder is refused)
 
     Args:
         root: the sweep folder.
@@ -49,6 +50,7 @@ class SweepFolder:
     SLURM = "slurm"
     FIGURES = "figures"
     REPORT = "report.html"
+    LOCK = "sweep.lock"
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -114,9 +116,36 @@ class SweepFolder:
         """True when the folder holds a sweep's ``sweep.json``."""
         return self.spec.is_file()
 
+    @property
+    def lock_file(self) -> Path:
+        """``sweep.lock``: held while an ``overparam-lit sweep`` runs in the folder."""
+        return self.root / self.LOCK
+
     def read_spec(self) -> dict[str, Any]:
-        """``sweep.json`` (empty when missing)."""
-        return json.loads(self.spec.read_text()) if self.spec.is_file() else {}
+        """``sweep.json`` (empty when missing); a :class:`ConfigError` that says how to restore it
+        when it is not text, not JSON, or not a sweep's plan."""
+        path = self.spec
+        if not path.exists():
+            return {}
+        got = f"(got {str(path)!r})"
+        fix = ("Restore the file, or delete it and rerun the sweep that wrote it with its config "
+               f"(`overparam-lit sweep -c CONFIG --out {self.root}`): finished fits are kept.")
+        try:
+            spec = json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"sweep.json is not text (byte {err.start} is not UTF-8) {got}. "
+                              + fix) from None
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"sweep.json is not valid JSON: {err.msg} at line {err.lineno}, column "
+                              f"{err.colno} {got}. {fix}") from None
+        except OSError as err:
+            raise ConfigError(f"sweep.json cannot be read: {err.strerror or err} {got}. {fix}") from None
+        fits = spec.get("fits", []) if isinstance(spec, dict) else None
+        plan = isinstance(fits, list) and all(isinstance(f, dict) and {"folder", "name"} <= set(f)
+                                              for f in fits)
+        check(plan, "sweep.json does not hold a sweep's plan (an object whose 'fits' each name a folder)",
+              str(path), fix)
+        return spec
 
     def fit_folders(self) -> list[Path]:
         """Run folders of the sweep's fits (those that exist), in plan order."""

@@ -22,7 +22,16 @@ with its own run folder ``OUT/points/<fit>/`` and ``--wandb.group <sweep name>``
 - **Resumable**: a fit whose folder holds ``done.json`` is skipped; an interrupted fit resumes from
   its newest intact checkpoint (``--ckpt_path``, chosen by ``RunFolder.resume_checkpoint``); one
   that left a run without a checkpoint starts over (``--overwrite true``). A failing fit is retried
-  ``--retries`` times, except on bad input (exit code 2).
+  ``--retries`` times, except on bad input (exit code 2). A fit that ends while the sweep stops
+  (SIGTERM, Ctrl-C) is not recorded as done, even when Lightning ended it with exit code 0: a rerun
+  resumes it.
+- **One sweep per folder**: a sweep holds ``OUT/sweep.lock`` while it runs, and a second sweep on the
+  folder is refused (naming the process that holds it); a ``--fit`` run only checks that no whole
+  sweep runs there. A folder that holds another study's sweep (another plan in ``sweep.json``) or one
+  fit's run is refused too: a new ``--out`` starts a new study.
+- **Bad input ends before the first fit**: every fit that is to run is built through the fit's own
+  parser and constructors (no training, nothing written), and a grid point that ``overparam-lit fit``
+  would refuse (``width 0``, ``lr -1``, a misspelt key) ends the sweep with one message and exit 2.
 - ``OUT/results.csv``: one row per member of every fit (its grid values, with ``seed`` and
   ``width`` from ``members.csv``, the fit's status and the member's final metrics);
   ``OUT/fits.csv``: one row per fit. ``--collect`` only rewrites both.
@@ -47,15 +56,16 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
-from overparam_lit.runfolder import RunFolder
+from overparam_lit.runfolder import RunFolder, RunLock
 from overparam_lit.studies.grid import DONE_FILE, cli_text, parse_grid_arg, parse_set_arg
 from overparam_lit.studies.results import final_metrics, member_finals, write_results
 from overparam_lit.studies.runs import SweepFolder
@@ -81,15 +91,25 @@ BAD_INPUT = 2
 """Exit code of ``overparam-lit fit`` on bad input: retrying cannot help."""
 
 
+EXAMPLE = "overparam-lit sweep -c configs/study_mnist1d_double_descent.yaml --out runs/dd"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line, message first, with an example (``--help`` shows the usage)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}. Example: {EXAMPLE} (every option: {self.prog} --help).")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``overparam-lit sweep`` argument parser."""
     doc = __doc__ or ""
-    p = argparse.ArgumentParser(prog="overparam-lit sweep", description=doc.split("\n\n")[0],
+    p = _Parser(prog="overparam-lit sweep", description=doc.split("\n\n")[0],
                                 epilog=doc.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", action="append", default=[],
                    help="config file (repeatable, in order); one of them holds the sweep block")
-    p.add_argument("--out", type=Path, required=True, help="sweep folder")
+    p.add_argument("--out", type=Path, help="sweep folder (required)")
     p.add_argument("--name", help="sweep name and W&B group (default: the block's name or the folder's)")
     p.add_argument("--set", action="append", default=[], metavar="[STAGE:]KEY=VALUE", dest="fixed",
                    help="a fixed fit argument for every fit (of every stage, or of STAGE only); repeatable")
@@ -545,6 +565,115 @@ class FitJob:
         return DelayedSubmission(self)
 
 
+class SweepLock(RunLock):
+    """The run folder's lock (:class:`~overparam_lit.runfolder.RunLock`) on a sweep folder
+    (``sweep.lock``): one ``overparam-lit sweep`` at a time runs or rewrites a sweep folder."""
+
+    def _busy(self, info: dict[str, Any]) -> ConfigError:
+        pid = info.get("pid", "?")
+        since = f" since {info['started']}" if info.get("started") else ""
+        return ConfigError(
+            f"another `overparam-lit sweep` is running in this sweep folder (pid {pid} on host "
+            f"{info.get('host', '?')}{since}; lock file {self.path}) (got {str(self.path.parent)!r}). "
+            f"Wait for it to end, or stop it (kill {pid}: its finished fits are kept) and rerun to "
+            "continue; if that process is gone (a host that crashed), delete the lock file.")
+
+
+def _fit_problem(args: list[str], here: bool = True) -> str | None:
+    """Why ``overparam-lit fit ARGS`` would refuse its input before training, in its own words
+    (``None`` when it accepts it): the arguments go through the fit's parser and checks, and the
+    data module, model, callbacks and optimizer are built, but no trainer (nothing is written).
+    ``here=False`` (fits that run on other machines): the devices are not checked on this one."""
+    import io
+
+    import overparam_lit.cli as cli_module
+    from overparam_lit.cli import OverparamCLI, find_config_error, resolve_config_args
+
+    if not here:
+        with _devices_unchecked(cli_module):
+            return _fit_problem(args)
+
+    class _Check(OverparamCLI):
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            return None
+
+    if os.getcwd() not in sys.path:  # as the fit's `main`: `--model my_study.Net` finds ./my_study.py
+        sys.path.insert(0, os.getcwd())
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            cli = _Check(args=resolve_config_args(list(args)), run=False)
+            cli._check_instantiated()
+    except SystemExit as exit_:  # the parser's one-line message
+        if exit_.code in (0, None):
+            return None
+        lines = [ln for ln in err.getvalue().splitlines() if ": error: " in ln]
+        text = lines[-1].split(": error: ", 1)[1] if lines else err.getvalue().strip()
+        return text or f"its parser refused the arguments (exit {exit_.code})"
+    except Exception as error:  # noqa: BLE001 - anything else is the fit's own to report
+        config_error = find_config_error(error)
+        if config_error is not None:
+            return str(config_error)
+        if isinstance(error, (ValueError, TypeError)):  # a constructor that refuses a value
+            return f"{type(error).__name__}: {error}"
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _devices_unchecked(cli_module: Any) -> Any:
+    """The fit's trainer checks without those of this machine's accelerators and devices."""
+    original = cli_module.check_trainer_config
+
+    def elsewhere(trainer: Any) -> None:
+        original({k: v for k, v in dict(trainer).items() if k not in ("accelerator", "devices")})
+
+    cli_module.check_trainer_config = elsewhere
+    try:
+        yield
+    finally:
+        cli_module.check_trainer_config = original
+
+
+def fit_problems(commands: list[list[str]], here: bool = True) -> list[str | None]:
+    """:func:`_fit_problem` of each fit's arguments, found in a forked child on Linux (the sweep
+    process itself starts no thread pool and keeps its state for the fit servers it forks), else
+    in this process."""
+    if not fork_available():
+        return [_fit_problem(c, here) for c in commands]
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the checking child
+        code = 1
+        try:
+            os.close(read_fd)
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # log handlers keep the old streams: nothing reaches the sweep's output
+                os.dup2(null, fd)
+            import torch
+
+            torch.set_num_threads(1)
+            data = json.dumps([_fit_problem(c, here) for c in commands]).encode()
+            while data:
+                data = data[os.write(write_fd, data):]
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    chunks = []
+    with os.fdopen(read_fd, "rb") as fh:
+        chunks.append(fh.read())
+    os.waitpid(pid, 0)
+    try:
+        found = json.loads(b"".join(chunks) or b"null")
+    except ValueError:
+        found = None
+    return found if isinstance(found, list) and len(found) == len(commands) else [None] * len(commands)
+
+
 class Sweep:
     """A planned sweep (see the module docstring)."""
 
@@ -601,8 +730,12 @@ class Sweep:
             self.plan.fit(name)
         check(args.retries >= 0, "--retries must be >= 0", args.retries, "Use 0 for a single attempt.")
         self.gpus = visible_gpus()
+        check(args.workers is None or args.workers >= 1, "--workers must be >= 1", args.workers,
+              "Use e.g. --workers 2 (or leave it out: one per GPU, or 2 on a CPU).")
+        check(args.timeout is None or args.timeout > 0, "--timeout must be > 0 seconds", args.timeout,
+              "Use e.g. --timeout 3600, or leave it out for no limit.")
         workers = args.workers or spec.workers or (len(self.gpus) or min(2, os.cpu_count() or 1))
-        check(workers >= 1, "--workers must be >= 1", workers, "Use e.g. --workers 2.")
+        check(workers >= 1, "the sweep block's workers must be >= 1", workers, "Use e.g. workers: 2.")
         self.workers = workers
         launch = args.launch or ("fork" if fork_available() and not self.gpus else "process")
         check(launch == "process" or fork_available(), "--launch fork needs os.fork on Linux", sys.platform,
@@ -612,12 +745,102 @@ class Sweep:
         """True when this process was started to run this sweep (set by :func:`main`): nothing ran
         in it before, so it can fork the fit servers itself instead of starting new processes."""
         self._servers: dict[int, _FitServer] = {}
+        self._held: SweepLock | None = None
         self.slurm = dict(_slurm_option(s) for s in args.slurm)
         self._lock = threading.Condition()
         self._children: set[subprocess.Popen] = set()
         self._stopping = threading.Event()
         self._status: dict[str, str] = {}
         self._attempts: dict[str, int] = {}
+
+    # ---- refusing bad input before anything is written -------------------------------------------
+    def check_folder(self) -> None:
+        """Refuse an ``--out`` that is a file, cannot be written, holds one fit's run, or holds
+        another study's sweep (``sweep.json`` of a different plan): a sweep folder takes only a
+        resume of its own study."""
+        root = self.folder.root
+        new = "Give --out a new folder (e.g. --out runs/<study>)."
+        check(not root.exists() or root.is_dir(), "--out is a file, not a sweep folder", str(root), new)
+        probe = root
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        check(probe.is_dir(), "a parent of --out is a file, not a folder", str(probe), new)
+        if probe == root:
+            check(os.access(root, os.W_OK | os.X_OK), "the sweep folder is not writable", str(root), new)
+        else:  # the folder will be made: can its nearest existing parent take it?
+            try:
+                fd, tmp = tempfile.mkstemp(dir=probe, prefix=".overparam-lit-probe-")
+                os.close(fd)
+                os.unlink(tmp)
+            except OSError as err:
+                raise ConfigError(f"the sweep folder cannot be made inside {probe} "
+                                  f"({err.strerror or err}) (got {str(root)!r}). {new}") from None
+        saved = self.folder.read_spec()
+        if not saved:
+            run = RunFolder(root)
+            mine = [p.name for p in (run.config_yaml, run.metrics_csv, run.checkpoints) if p.exists()]
+            check(not mine, f"--out holds the run of one `overparam-lit fit` ({', '.join(mine)}), "
+                  "not a sweep", str(root), new)
+            return
+        ours = self._identity(self.plan.configs, [f.record() for f in self.plan.fits])
+        theirs = self._identity(saved.get("configs") or [], saved.get("fits") or [])
+        if ours == theirs:
+            return
+        options = saved.get("options") or {}
+        command = ["overparam-lit", "sweep", *[a for c in options.get("configs") or saved.get("configs") or []
+                                               for a in ("-c", str(c))]]
+        for key, flag in (("set", "--set"), ("grid", "--grid")):
+            command += [a for v in options.get(key) or [] for a in (flag, str(v))]
+        for key, flag in (("pack", "--pack"), ("width_groups", "--width-groups")):
+            if options.get(key):
+                command += [flag, str(options[key])]
+        why = ("its config files differ" if ours[0] != theirs[0] else
+               f"its plan has {len(theirs[1])} fit(s) and this one {len(ours[1])}"
+               if len(ours[1]) != len(theirs[1]) else "the fits' arguments differ")
+        raise ConfigError(
+            f"--out holds another study's sweep ('{saved.get('name', '?')}', written by "
+            f"`{shlex.join(command)} --out {root}`; {why}) (got {str(root)!r}). A sweep folder holds one "
+            f"study: give this one a new --out folder to start it, or rerun that command (or "
+            f"`overparam-lit sweep --out {root}`, which reuses its options) to resume that one.")
+
+    @staticmethod
+    def _identity(configs: list[Any], fits: list[dict[str, Any]]) -> tuple[Any, ...]:
+        """What makes two plans the same study: the config files (by name) and every fit's name,
+        stage, arguments and the fits it refers to; paths into the sweep folder (a later stage's
+        arguments) count relative to it, so a moved sweep folder is still the same study."""
+        names = [Path(str(c)).name for c in configs]
+        root = str(Path(str(fits[0].get("folder", ""))).parent.parent) if fits else ""
+        plan = []
+        for f in fits:
+            args = [a.replace(root, "{out}") if root and isinstance(a, str) else a
+                    for a in f.get("args") or []]
+            plan.append(json.loads(json.dumps([f.get("name"), f.get("stage"), args, f.get("deps")])))
+        return names, plan
+
+    def check_grid(self, fits: list[Fit]) -> None:
+        """Build every fit that is to run (and refers to no earlier fit) through the fit's own parser
+        and constructors, without training, and refuse the sweep with one message naming the
+        first refused grid point."""
+        checked = [f for f in fits if not f.deps]
+        if not checked:
+            return
+        problems = fit_problems([self.plan.command(f)[len(FIT_PREFIX) + 1:] for f in checked],
+                                here=self.args.executor == "local")
+        refused = [(f, p) for f, p in zip(checked, problems, strict=True) if p]
+        if not refused:
+            return
+        fit, problem = refused[0]
+        point = [f"{k}={cli_text(v) if isinstance(v, (list, dict)) else v}" for k, v in fit.values.items()]
+        point += [f"widths {fit.widths}"] if fit.widths is not None else []
+        point += [f"seeds {fit.seeds}"] if fit.seeds is not None else []
+        more = (f" {len(refused) - 1} more fit(s) are refused as well: "
+                f"{', '.join(f.name for f, _ in refused[1:4])}{', ...' if len(refused) > 4 else ''}."
+                if len(refused) > 1 else "")
+        configs = " ".join(str(c) for c in self.plan.configs)
+        raise ConfigError(
+            f"the grid point {', '.join(point) or '(the base point)'} (fit {fit.name}) is refused by "
+            f"`overparam-lit fit`: {problem.rstrip()}{'' if problem.rstrip().endswith('.') else '.'}{more} "
+            f"Fix the sweep block's grid in {configs} (or the --grid/--set options); no fit was started.")
 
     # ---- status and files ----------------------------------------------------------------------
     def status(self, fit: Fit) -> str:
@@ -725,6 +948,8 @@ class Sweep:
                 proc = self._start(cmd, fh, env, slot)
                 with self._lock:
                     self._children.add(proc)
+                    if self._stopping.is_set():  # the stop came while it started: it missed the signal
+                        proc.terminate()
                 try:
                     rc = proc.wait(timeout=self.args.timeout)
                 except subprocess.TimeoutExpired:
@@ -737,13 +962,22 @@ class Sweep:
                         self._children.discard(proc)
             seconds = round(time.time() - start, 2)
             self._attempts[fit.name] = attempt
+            if self._stopping.is_set():
+                # a fit stopped by the sweep's signal ends early, often with exit 0 (Lightning stops
+                # gracefully on SIGTERM): it is not done, and a rerun resumes it from its checkpoint
+                with open(log, "a") as tail_fh:
+                    tail_fh.write(f"\n[sweep] stopped with the sweep (exit {rc}); not finished, a rerun "
+                                  "resumes it\n")
+                print(f"[sweep] stopped {fit.name} (exit {rc}); a rerun resumes it", flush=True)
+                return "stopped"
             if rc == 0:
                 folder.write_done({**self._record(fit), "attempts": attempt, "seconds": seconds,
                                    "command": cmd, "metrics": final_metrics(fit.folder)})
                 print(f"[sweep] done {fit.name} in {seconds:.1f} s", flush=True)
                 return "done"
-            if self._stopping.is_set():
-                return "stopped"
+            if folder.done_json.is_file():  # another process (a `--fit` run) finished it meanwhile
+                print(f"[sweep] done {fit.name} (finished by another process)", flush=True)
+                return "done"
             tail = log.read_text().strip().splitlines()[-3:]
             print(f"[sweep] FAIL {fit.name} (attempt {attempt}, exit {rc}); log {log}:\n    "
                   + "\n    ".join(tail), flush=True)
@@ -784,7 +1018,7 @@ class Sweep:
         here = self.top_level and threading.active_count() == 1
         # wandb, and what its init imports on every run (about a second on 2 busy cores)
         preload = ("wandb", "wandb.sdk.launch.inputs.internal") if self._uses_wandb() else ()
-        fds: list[int] = []
+        fds: list[int] = [self._held._fd] if self._held is not None and self._held._fd is not None else []
         for slot in range(count):
             server = _FitServer(self._slot_env(slot), here, close=list(fds), preload=preload)
             fds += server.fds()
@@ -969,16 +1203,41 @@ class Sweep:
             paths.append(path)
         return paths
 
-    def run(self) -> int:
-        """Run the selected fits, then write the results; the exit code (1 when a fit failed)."""
+    def lock(self) -> SweepLock | None:
+        """Take the sweep folder's lock (:class:`SweepLock`), or refuse when another sweep holds it.
+        A ``--fit`` run (one W&B agent's fit; several may share a folder) only checks that no whole
+        sweep runs there: its fit's own run lock keeps a second process out of that fit."""
+        lock = SweepLock(self.folder.lock_file)
+        if self.args.fit:
+            lock.check_free()
+            return None
         self.folder.root.mkdir(parents=True, exist_ok=True)
-        self.write_spec()
+        self._held = lock.acquire()
+        return self._held
+
+    def run(self) -> int:
+        """Run the selected fits, then write the results; the exit code (1 when a fit failed).
+        Bad input (the folder, the grid, a busy folder) is refused before anything is written."""
+        self.check_folder()
         fits = self.selected()
         for fit in fits:
             if self.args.fit:
                 missing = [d for d in fit.deps if self.status(self.plan.fit(d)) != "done"]
                 check(not missing, f"fit {fit.name!r} refers to fits that are not done", missing,
                       "Run them first (or the whole sweep without --fit).")
+        SweepLock(self.folder.lock_file).check_free()
+        self.check_grid([f for f in fits if self.status(f) != "done"])
+        lock = self.lock()
+        try:
+            return self._run(fits)
+        finally:
+            if lock is not None:
+                lock.release()
+                self._held = None
+
+    def _run(self, fits: list[Fit]) -> int:
+        self.folder.root.mkdir(parents=True, exist_ok=True)
+        self.write_spec()
         todo = [f for f in fits if self.status(f) != "done"]
         for fit in fits:
             if fit not in todo:
@@ -1000,8 +1259,10 @@ class Sweep:
             return 1
         if self._stopping.is_set():
             return 130
-        if self.spec.figure and done == len(self.plan.fits):
-            print(f"[sweep] figure: overparam-lit plot {self.spec.figure} {self.folder.root}", flush=True)
+        if done == len(self.plan.fits):
+            figure = (f"figure: overparam-lit plot {self.spec.figure} {self.folder.root}; "
+                      if self.spec.figure else "")
+            print(f"[sweep] {figure}page: overparam-lit report {self.folder.root}", flush=True)
         return 0
 
 
@@ -1018,6 +1279,9 @@ def main(argv: list[str] | None = None) -> int:
     """``overparam-lit sweep``: see the module docstring. Bad input raises :class:`ConfigError`."""
     top_level = argv is None or list(sys.argv[1:]) == ["sweep", *argv]  # `overparam-lit sweep ...`
     args = build_parser().parse_args(argv)
+    if args.out is None:
+        raise ConfigError("--out is missing: the sweep folder that holds the study's fits and results "
+                          f"(a new folder, or an earlier sweep's to resume it). Example: {EXAMPLE}")
     sweep = Sweep(args)
     sweep.top_level = top_level
     if args.dry_run:
@@ -1027,12 +1291,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"     {shlex.join(sweep.command(fit))}")
         return 0
     if args.wandb_sweep:
-        sweep.folder.root.mkdir(parents=True, exist_ok=True)
-        sweep.write_spec()
-        for path in sweep.write_wandb_sweeps():
-            print(f"[sweep] wrote {path}")
+        sweep.check_folder()
+        lock = sweep.lock()
+        try:
+            sweep.write_spec()
+            for path in sweep.write_wandb_sweeps():
+                print(f"[sweep] wrote {path}")
+        finally:
+            if lock is not None:
+                lock.release()
         return 0
     if args.collect:
+        sweep.check_folder()
         rows = sweep.collect()
         done = sum(sweep.status(f) == "done" for f in sweep.plan.fits)
         print(f"[sweep] {done}/{len(sweep.plan.fits)} fits done; wrote {sweep.folder.results} "
