@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import importlib
 import json
@@ -11,7 +12,7 @@ import tempfile
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -29,6 +30,30 @@ def check(condition: bool, what: str, value: Any, fix: str) -> None:
     """Raise :class:`ConfigError` with a uniform message unless ``condition`` holds."""
     if not condition:
         raise ConfigError(f"{what} (got {value!r}). {fix}")
+
+
+def check_out_file(path: str | Path, fix: str) -> Path:
+    """Refuse, before anything is written, an ``--out`` file that cannot be written: a folder, a
+    file in a missing or read-only folder, or a read-only file. Returns ``path``."""
+    path = Path(path)
+    check(not path.is_dir(), "--out is a folder, not a file", str(path), fix)
+    parent = path.parent if str(path.parent) else Path(".")
+    check(parent.is_dir(), "the folder of --out does not exist", str(path), fix)
+    check(os.access(parent, os.W_OK | os.X_OK), "the folder of --out is not writable", str(path), fix)
+    check(not path.exists() or os.access(path, os.W_OK), "--out exists and is not writable", str(path), fix)
+    return path
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ``argparse`` parser of a subcommand whose usage mistakes raise :class:`ConfigError` in
+    one line, message first, with ``example`` (``--help`` still shows the whole usage)."""
+
+    def __init__(self, *args: Any, example: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.example = example
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(f"{message}. Example: {self.example} (every option: {self.prog} --help).")
 
 
 def fsync_path(path: str | Path) -> None:

@@ -8,17 +8,16 @@ cropped out of the stack; pruned weights stay zero).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import lightning as L
 
 from overparam_lit.models.stack import leading, member_grid, parse_seeds, parse_widths
 from overparam_lit.runfolder import RunFolder, read_checkpoint
-from overparam_lit.utils import ConfigError, atomic_save, check
+from overparam_lit.utils import ConfigError, OneLineParser, atomic_save, check, check_out_file
 
 MEMBER_KEYS = ("seeds", "widths")
 
@@ -40,12 +39,9 @@ def check_output(out: str | Path, ckpt_path: str | Path) -> None:
     """Refuse an ``out`` that cannot be written, or that would replace a run's checkpoint: the
     checkpoint being exported, or any file in a run folder's ``checkpoints/`` (a resume would
     take a member's checkpoint there for the fit's own)."""
-    out = Path(out)
     fix = "Give --out a new file outside the run's checkpoints/ folder, e.g. --out member3.ckpt."
-    check(not out.is_dir(), "--out is a folder, not a file", str(out), fix)
+    out = check_out_file(out, fix)
     parent = out.parent if str(out.parent) else Path(".")
-    check(parent.is_dir(), "the folder of --out does not exist", str(out), fix)
-    check(os.access(parent, os.W_OK | os.X_OK), "the folder of --out is not writable", str(out), fix)
     same = out.exists() and Path(ckpt_path).exists() and os.path.samefile(out, ckpt_path)
     check(not same, "--out is the checkpoint being exported; writing it would replace the fit's own "
           "checkpoint", str(out), fix)
@@ -53,7 +49,6 @@ def check_output(out: str | Path, ckpt_path: str | Path) -> None:
     inside = parent.resolve() == run.checkpoints.resolve() and run.holds_run()
     check(not inside, "--out lies in a run folder's checkpoints/, where it would replace or stand beside "
           "the run's own checkpoints (a resume would pick it up)", str(out), fix)
-    check(not out.exists() or os.access(out, os.W_OK), "--out exists and is not writable", str(out), fix)
 
 
 def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
@@ -108,16 +103,10 @@ def export_member(ckpt_path: str | Path, member: int, out: str | Path) -> Path:
 EXAMPLE = "overparam-lit export runs/x/checkpoints/last.ckpt --member 3 --out member3.ckpt"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes in one line, message first, with an example (``--help`` shows the usage)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message}. Example: {EXAMPLE} (every option: {self.prog} --help).")
-
-
 def main(argv: list[str]) -> None:
     """``overparam-lit export CKPT --member I --out FILE``."""
-    parser = _Parser(
+    parser = OneLineParser(
+        example=EXAMPLE,
         prog="overparam-lit export",
         description="Write one member of a members fit (--model.seeds / --model.widths) as a "
                     "standalone checkpoint of its model class, at its own width.",

@@ -17,7 +17,7 @@ from pathlib import Path
 from overparam_lit.studies.figures import FIGURES, draw
 from overparam_lit.studies.grid import parse_value
 from overparam_lit.studies.runs import SweepFolder
-from overparam_lit.utils import ConfigError, check
+from overparam_lit.utils import ConfigError, check, check_out_file
 
 __all__ = ["build_parser", "main"]
 
@@ -91,9 +91,5 @@ def check_output(path: str | Path, folder: bool = False) -> None:
         check(parent.is_dir() and os.access(parent, os.W_OK | os.X_OK), "the figures cannot be written there",
               str(path), fix)
         return
-    fix = "Give --out a picture path in an existing folder you can write to (default: SOURCE/figures/)."
-    check(not path.is_dir(), "--out is a folder, not a file", str(path), fix)
-    parent = path.parent if str(path.parent) else Path(".")
-    check(parent.is_dir(), "the folder of --out does not exist", str(path), fix)
-    check(os.access(parent, os.W_OK | os.X_OK), "the folder of --out is not writable", str(path), fix)
-    check(not path.exists() or os.access(path, os.W_OK), "--out exists and is not writable", str(path), fix)
+    check_out_file(path, "Give --out a picture path in an existing folder you can write to (default: "
+                   "SOURCE/figures/).")

@@ -19,7 +19,6 @@ import html
 import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 
 from overparam_lit.studies.figures import FIGURES, draw, figures_for
 from overparam_lit.studies.runs import SweepFolder, run_folders
-from overparam_lit.utils import ConfigError, atomic_write_text, check
+from overparam_lit.utils import ConfigError, atomic_write_text, check, check_out_file
 
 __all__ = ["build_parser", "caption", "fmt", "main", "pct", "write_report"]
 
@@ -488,12 +487,8 @@ def _read_results(sweep: SweepFolder, spec: dict[str, Any]) -> list[dict[str, st
 
 
 def _check_out(path: Path) -> None:
-    fix = "Give --out a file in an existing folder you can write to (the default is SOURCE/report.html)."
-    check(not path.is_dir(), "--out is a folder, not a file", str(path), fix)
-    parent = path.parent if str(path.parent) else Path(".")
-    check(parent.is_dir(), "the folder of --out does not exist", str(path), fix)
-    check(os.access(parent, os.W_OK | os.X_OK), "the folder of --out is not writable", str(path), fix)
-    check(not path.exists() or os.access(path, os.W_OK), "--out exists and is not writable", str(path), fix)
+    check_out_file(path, "Give --out a file in an existing folder you can write to (the default is "
+                   "SOURCE/report.html).")
 
 
 def _run_config(spec: dict[str, Any], root: Path) -> dict[str, Any]:

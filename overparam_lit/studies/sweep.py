@@ -61,7 +61,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import yaml
 
@@ -83,7 +83,7 @@ from overparam_lit.studies.spec import (
     parse_width_groups,
     read_study,
 )
-from overparam_lit.utils import ConfigError, atomic_write_json, check
+from overparam_lit.utils import ConfigError, OneLineParser, atomic_write_json, check
 
 __all__ = ["DONE_FILE", "FitJob", "Sweep", "build_parser", "main", "resume_args", "visible_gpus"]
 
@@ -94,17 +94,10 @@ BAD_INPUT = 2
 EXAMPLE = "overparam-lit sweep -c configs/study_mnist1d_double_descent.yaml --out runs/dd"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage mistakes in one line, message first, with an example (``--help`` shows the usage)."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(f"{message}. Example: {EXAMPLE} (every option: {self.prog} --help).")
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The ``overparam-lit sweep`` argument parser."""
     doc = __doc__ or ""
-    p = _Parser(prog="overparam-lit sweep", description=doc.split("\n\n")[0],
+    p = OneLineParser(example=EXAMPLE, prog="overparam-lit sweep", description=doc.split("\n\n")[0],
                                 epilog=doc.split("\n\n", 1)[1],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-c", "--config", action="append", default=[],
