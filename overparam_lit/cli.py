@@ -1335,7 +1335,7 @@ def width_table(folder: RunFolder) -> list[str]:
     if not folder.members_csv.is_file():
         return []
     rows = member_finals(folder.root)
-    if not rows:
+    if not rows or any(r.get("width") in (None, "") for r in rows):  # another table of that name
         return []
     keys = [k for k in ("val/acc", "val/loss", "test/acc", "test/loss") if any(k in r for r in rows)]
     head = ["width", "seeds", "num_params", *keys]

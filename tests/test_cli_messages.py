@@ -88,12 +88,12 @@ def test_a_config_file_name_with_a_typo(capsys, elsewhere: Path) -> None:
 def test_a_study_module_that_is_not_importable_from_here(capsys, elsewhere: Path) -> None:
     study = elsewhere.parent / "study"
     study.mkdir()
-    (study / "my_study.py").write_text("from overparam_lit.models import MLP\n\n\nclass ResMLP(MLP):\n"
+    (study / "elsewhere_study.py").write_text("from overparam_lit.models import MLP\n\n\nclass ResMLP(MLP):\n"
                                        "    pass\n")
-    line = first_line(capsys, ["fit", "--model", "my_study.ResMLP", "--data", "MNIST1D",
+    line = first_line(capsys, ["fit", "--model", "elsewhere_study.ResMLP", "--data", "MNIST1D",
                                "--wandb.mode", "disabled"])
-    assert line.startswith(PREFIX + "cannot import 'my_study.ResMLP': No module named 'my_study'. Run "
-                           "from the folder that holds my_study.py, or add that folder to PYTHONPATH")
+    assert line.startswith(PREFIX + "cannot import 'elsewhere_study.ResMLP': No module named 'elsewhere_study'. Run "
+                           "from the folder that holds elsewhere_study.py, or add that folder to PYTHONPATH")
 
 
 @pytest.mark.parametrize("args,start", [
