@@ -84,6 +84,18 @@ def small_mlp(optimizer: Callable[..., torch.optim.Optimizer] | None = None,
     return MLP(width=width, depth=depth, input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
 
 
+TINY_STUDY_BASE: dict[str, Any] = {
+    "seed_everything": 0,
+    "model": {"class_path": "overparam_lit.models.MLP", "init_args": {"width": 8, "depth": 1}},
+    "data": {"class_path": "overparam_lit.data.MNIST1D", "init_args": {"train_subset": 200, "val_size": 0}},
+    "trainer": {"max_epochs": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
+                "enable_model_summary": False},
+    "wandb": {"mode": "disabled"},
+}
+"""The fit config of tiny studies in tests: an MLP 1 x 8 on 200 MNIST-1D samples, 2 epochs, W&B off
+(add a ``sweep:`` block)."""
+
+
 QUIET = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
          "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0}
 """The :func:`tiny_trainer` defaults: one CPU process, no logger, checkpoints, bars or sanity checks."""

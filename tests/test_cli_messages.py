@@ -92,8 +92,9 @@ def test_a_study_module_that_is_not_importable_from_here(capsys, elsewhere: Path
                                        "    pass\n")
     line = first_line(capsys, ["fit", "--model", "elsewhere_study.ResMLP", "--data", "MNIST1D",
                                "--wandb.mode", "disabled"])
-    assert line.startswith(PREFIX + "cannot import 'elsewhere_study.ResMLP': No module named 'elsewhere_study'. Run "
-                           "from the folder that holds elsewhere_study.py, or add that folder to PYTHONPATH")
+    assert line.startswith(PREFIX + "cannot import 'elsewhere_study.ResMLP': No module named "
+                           "'elsewhere_study'. Run from the folder that holds elsewhere_study.py, or add "
+                           "that folder to PYTHONPATH")
 
 
 @pytest.mark.parametrize("args,start", [

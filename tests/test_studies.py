@@ -22,18 +22,12 @@ from overparam_lit.studies import cli_text, make_plan, parse_grid_arg, parse_swe
 from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.studies.sweep import Sweep
 from overparam_lit.studies.sweep import main as sweep_main
+from overparam_lit.testing import TINY_STUDY_BASE
 from overparam_lit.utils import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 
-BASE = {
-    "seed_everything": 0,
-    "model": {"class_path": "overparam_lit.models.MLP", "init_args": {"width": 8, "depth": 1}},
-    "data": {"class_path": "overparam_lit.data.MNIST1D", "init_args": {"train_subset": 200, "val_size": 0}},
-    "trainer": {"max_epochs": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
-                "enable_model_summary": False},
-    "wandb": {"mode": "disabled"},
-}
+BASE = TINY_STUDY_BASE
 
 
 def study(tmp_path: Path, block: dict, name: str = "study.yaml", **changes) -> Path:

@@ -19,17 +19,11 @@ from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.studies.sweep import fork_available
 from overparam_lit.studies.sweep import main as sweep_main
+from overparam_lit.testing import TINY_STUDY_BASE
 
 pytestmark = pytest.mark.skipif(not fork_available(), reason="fits are forked on Linux only")
 
-BASE = {
-    "seed_everything": 0,
-    "model": {"class_path": "overparam_lit.models.MLP", "init_args": {"width": 8, "depth": 1}},
-    "data": {"class_path": "overparam_lit.data.MNIST1D", "init_args": {"train_subset": 200, "val_size": 0}},
-    "trainer": {"max_epochs": 2, "num_sanity_val_steps": 0, "enable_progress_bar": False,
-                "enable_model_summary": False},
-    "wandb": {"mode": "disabled"},
-}
+BASE = TINY_STUDY_BASE
 
 HOOKS = '''
 import json, os, signal
