@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from overparam_lit.studies.figures import FIGURES, draw, figures_for
+from overparam_lit.studies.figures.common import num
 from overparam_lit.studies.runs import SweepFolder, run_folders
 from overparam_lit.utils import ConfigError, atomic_write_text, check, check_out_file
 
@@ -75,13 +76,8 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
+    """A finite float, or ``None`` (booleans too: a flag is not a number on the page)."""
+    return None if isinstance(value, bool) else num(value)
 
 
 def fmt(value: Any) -> str:
