@@ -254,3 +254,36 @@ def test_ddp_equals_one_step_per_call(tmp_path: Path, run_ddp) -> None:
         for key, value in ref["state"].items():
             assert torch.equal(value, got["state"][key]), (rank, key)
         assert got["metrics"] == ref["metrics"]
+
+
+def test_other_training_data_keeps_one_step_per_call(tmp_path: Path) -> None:
+    """A plain DataLoader (or a data module whose loader is one) cannot be cut into calls: every
+    batch is still trained, one step per Lightning step."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(60, 8, generator=gen), torch.randint(0, 4, (60,), generator=gen)
+    loader = DataLoader(TensorDataset(x, y, y), batch_size=20)
+    L.seed_everything(0, verbose=False)
+    model = MLP(width=16, depth=2, input_shape=(8,), num_classes=4)
+    trainer = tiny_trainer(tmp_path, max_epochs=2)
+    trainer.fit(model, loader)
+    assert model.step_calls == 1 and "not an overparam-lit data module" in model.step_calls_reason
+    assert trainer.global_step == 6
+    with pytest.raises(ConfigError, match="not an overparam-lit data module"):
+        tiny_trainer(tmp_path / "b", max_epochs=1).fit(
+            MLP(width=16, depth=2, input_shape=(8,), num_classes=4, steps_per_call=4), loader)
+
+
+class OwnLoader(Blobs):
+    def train_dataloader(self) -> Any:
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.setup()
+        return DataLoader(TensorDataset(*self.splits["train"]), batch_size=self.batch_size)
+
+
+def test_a_data_module_with_its_own_loader_keeps_one_step_per_call(tmp_path: Path) -> None:
+    model, trainer = fit(tmp_path, "auto", data=OwnLoader(batch_size=20), max_epochs=2)
+    assert model.step_calls == 1 and "DataLoader" in model.step_calls_reason
+    assert trainer.global_step == 20  # 200 samples / 20, two epochs: every batch trained

@@ -100,9 +100,16 @@ def inexact_callbacks(callbacks: Sequence[L.Callback]) -> list[str]:
 
 def obstacles(trainer: L.Trainer, module: L.LightningModule) -> list[str]:
     """Why this fit must take one optimizer step per Lightning step (empty: K > 1 is exact)."""
+    from overparam_lit.data.base import ArrayDataModule
     from overparam_lit.models.base import OverparamModule
 
     why = []
+    loader = trainer.train_dataloader  # None until the fit's data is set up
+    if loader is not None and getattr(loader, "calls_fn", None) is None:
+        why.append(f"training batches from a {type(loader).__name__} (an overparam-lit data module's loader "
+                   "cuts calls of several batches)")
+    elif loader is None and not isinstance(trainer.datamodule, ArrayDataModule):
+        why.append("training data that is not an overparam-lit data module")
     if trainer.accumulate_grad_batches != 1:
         why.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches}")
     if str(trainer.precision) not in EXACT_PRECISIONS:
