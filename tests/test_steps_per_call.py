@@ -185,6 +185,10 @@ def test_auto_keeps_one_step_where_several_would_not_be_exact(tmp_path: Path) ->
     assert m.step_calls == 1 and "EveryStep" in m.step_calls_reason
     m, _ = fit(tmp_path / "b", "auto", callbacks=(Declared(),), max_epochs=1)
     assert m.step_calls == AUTO_STEPS
+    m, t = fit(tmp_path / "f", "auto", fast_dev_run=True)  # one batch, counted as an int limit
+    assert m.step_calls == 1 and t.global_step == 1
+    m, t = fit(tmp_path / "g", "auto", limit_train_batches=3, max_epochs=1)
+    assert m.step_calls == 1 and t.global_step == 3
     m, _ = fit(tmp_path / "c", "auto", accumulate_grad_batches=2, max_epochs=1)
     assert m.step_calls == 1 and "accumulate_grad_batches" in m.step_calls_reason
 

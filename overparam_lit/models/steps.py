@@ -119,8 +119,9 @@ def obstacles(trainer: L.Trainer, module: L.LightningModule) -> list[str]:
         why.append("DDP with BatchNorm statistics (DDP broadcasts them once per Lightning step)")
     if (seconds := getattr(trainer, "_val_check_time_interval", None)) is not None:
         why.append(f"a time-based val_check_interval (every {seconds:g} s)")
-    if trainer.limit_train_batches != 1.0:
-        why.append(f"limit_train_batches={trainer.limit_train_batches}")
+    limit = trainer.limit_train_batches  # an int counts batches (fast_dev_run sets 1), a float is a fraction
+    if isinstance(limit, int) or limit != 1.0:
+        why.append(f"limit_train_batches={limit}")
     for config in trainer.lr_scheduler_configs:
         if config.frequency != 1 or (config.interval == "step" and config.reduce_on_plateau):
             why.append("an LR scheduler with frequency > 1 or a per-step plateau scheduler")
