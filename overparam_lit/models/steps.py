@@ -125,6 +125,8 @@ def obstacles(trainer: L.Trainer, module: L.LightningModule) -> list[str]:
     for config in trainer.lr_scheduler_configs:
         if config.frequency != 1 or (config.interval == "step" and config.reduce_on_plateau):
             why.append("an LR scheduler with frequency > 1 or a per-step plateau scheduler")
+    if not module.automatic_optimization:
+        why.append("manual optimisation (the module steps its own optimizers)")
     methods = [m for m in MODULE_STEP_METHODS if overrides(module, OverparamModule, m)]
     if methods:
         why.append(f"{type(module).__name__} overrides {', '.join(methods)}")
