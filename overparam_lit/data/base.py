@@ -15,6 +15,9 @@ from overparam_lit.utils import check
 
 Augment = Callable[[Tensor, torch.Generator], Tensor]
 
+LOADED = ("x_train", "y_train", "x_test", "y_test")
+"""The tensors :meth:`ArrayDataModule.load` returns."""
+
 
 class TensorBatches:
     """An iterable of ``(x, y, y_true)`` batches cut from tensors by indexing.

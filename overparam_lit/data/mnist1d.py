@@ -8,11 +8,9 @@ import random
 import numpy as np
 import torch
 
-from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.data.base import LOADED, ArrayDataModule
 from overparam_lit.data.cache import cached_tensors
 from overparam_lit.utils import check
-
-SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 
 @functools.lru_cache(maxsize=4)
@@ -72,7 +70,7 @@ class MNIST1D(ArrayDataModule):
     def load(self) -> dict[str, torch.Tensor]:
         args = {"num_samples": self.num_samples, "train_split": self.train_split,
                 "seed": self.generation_seed}
-        return cached_tensors("mnist1d", args, self._generate, packages=("mnist1d",), keys=SPLITS,
+        return cached_tensors("mnist1d", args, self._generate, packages=("mnist1d",), keys=LOADED,
                               cache_dir=self.cache_dir)
 
     def _generate(self) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 
 from overparam_lit.activations import ACTIVATIONS
-from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.data.base import LOADED, ArrayDataModule
 from overparam_lit.data.cache import cached_tensors
 from overparam_lit.escape.teacher import teacher_net
 from overparam_lit.utils import check
@@ -78,7 +78,7 @@ class TeacherStudent(ArrayDataModule):
                 "data_seed": self.data_seed, "teacher_activation": self.teacher_activation,
                 "teacher_scale": self.teacher_scale}
         return cached_tensors("teacher_student", args, self._generate,
-                              keys=("x_train", "y_train", "x_test", "y_test"), cache_dir=self.cache_dir)
+                              keys=LOADED, cache_dir=self.cache_dir)
 
     def _generate(self) -> dict[str, torch.Tensor]:
         d, n = self.input_shape[0], self.n_train + self.n_test

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.data.base import LOADED, ArrayDataModule
 from overparam_lit.data.cache import cached_tensors
 from overparam_lit.utils import check
 
@@ -92,7 +92,7 @@ class Toy2D(ArrayDataModule):
     def load(self) -> dict[str, torch.Tensor]:
         args = {"dataset": self.dataset, "num_classes": self.num_classes, "n_train": self.n_train,
                 "n_test": self.n_test, "noise": self.noise, "data_seed": self.data_seed}
-        return cached_tensors("toy2d", args, self._generate, keys=("x_train", "y_train", "x_test", "y_test"),
+        return cached_tensors("toy2d", args, self._generate, keys=LOADED,
                               cache_dir=self.cache_dir)
 
     def _generate(self) -> dict[str, torch.Tensor]:
