@@ -110,10 +110,12 @@ class OverparamModule(L.LightningModule):
         steps_per_call: optimizer steps per Lightning training step, over as many consecutive
             batches: the same weights and rows as 1, with less of Lightning's per-step cost
             (:mod:`overparam_lit.models.steps`). ``auto`` (default) takes several where that is
-            exact and 1 otherwise (gradient accumulation, mixed precision, DDP, validation within an
-            epoch, a callback acting at every step without declaring its steps;
-            :attr:`step_calls_reason` says which). A call always ends on a scheduled event (probe,
-            widening, rewind point, ``max_steps``).
+            exact and 1 otherwise (gradient accumulation, mixed precision, DDP with BatchNorm, a
+            time-based ``val_check_interval``, ``limit_train_batches`` or ``fast_dev_run``, data
+            that is not an overparam-lit data module's loader, manual optimisation, a callback
+            acting at every step without declaring its steps; :attr:`step_calls_reason` says
+            which). A call always ends on a scheduled event (probe, widening, rewind point,
+            validation, ``max_steps``).
     """
 
     def __init__(
