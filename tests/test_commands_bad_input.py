@@ -167,16 +167,6 @@ def test_sweep_out_of_a_fit_run_is_refused(tmp_path: Path, finished: dict, capsy
     assert snapshot(run) == before
 
 
-def test_sweep_broken_sweep_json_is_refused(tmp_path: Path, finished: dict, capsys) -> None:
-    sweep = copy(finished, tmp_path)
-    (sweep / "sweep.json").write_text('{"fits": [')
-    before = snapshot(sweep)
-    refused(capsys, ["sweep", "-c", str(finished["config"]), "--out", str(sweep)],
-            "sweep.json is not valid JSON")
-    refused(capsys, ["sweep", "--out", str(sweep), "--collect"], "sweep.json is not valid JSON")
-    assert snapshot(sweep) == before
-
-
 @pytest.mark.parametrize(("grid", "words"), [
     ("model.init_args.width=0,4", ["widths [0, 4]", "must be a positive integer"]),
     ("model.init_args.optimizer.init_args.lr=-1", ["model.init_args.optimizer.init_args.lr=-1",
@@ -211,6 +201,7 @@ def test_plot_results_csv_of_random_bytes(tmp_path: Path, finished: dict, capsys
     before = snapshot(sweep)
     refused(capsys, ["plot", "double-descent", str(sweep)], "results.csv is not text",
             f"overparam-lit sweep --out {sweep} --collect")
+    assert snapshot(sweep) == before
     (sweep / "results.csv").write_text("a,b\n1,2\n")
     before = snapshot(sweep)
     refused(capsys, ["plot", "double-descent", str(sweep)],
@@ -218,12 +209,15 @@ def test_plot_results_csv_of_random_bytes(tmp_path: Path, finished: dict, capsys
     assert snapshot(sweep) == before
 
 
-def test_plot_broken_sweep_json(tmp_path: Path, finished: dict, capsys) -> None:
+def test_broken_sweep_json_is_refused_by_sweep_and_plot(tmp_path: Path, finished: dict, capsys) -> None:
     sweep = copy(finished, tmp_path)
     (sweep / "sweep.json").write_text('{"fits": [')
     before = snapshot(sweep)
-    for argv in (["plot", "double-descent", str(sweep)], ["plot", str(sweep)]):
+    for argv in (["sweep", "-c", str(finished["config"]), "--out", str(sweep)],
+                 ["sweep", "--out", str(sweep), "--collect"],
+                 ["plot", "double-descent", str(sweep)], ["plot", str(sweep)]):
         refused(capsys, argv, "sweep.json is not valid JSON", "line 1")
+    assert snapshot(sweep) == before
     (sweep / "sweep.json").write_bytes(b"\xff\xfe")
     refused(capsys, ["plot", str(sweep)], "sweep.json is not text")
     (sweep / "sweep.json").write_text("[1, 2]")
