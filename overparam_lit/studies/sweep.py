@@ -83,6 +83,7 @@ from overparam_lit.studies.spec import (
     parse_width_groups,
     read_study,
 )
+from overparam_lit.threads import available_cores, thread_env
 from overparam_lit.utils import ConfigError, OneLineParser, atomic_write_json, check
 
 __all__ = ["DONE_FILE", "FitJob", "Sweep", "build_parser", "main", "resume_args", "visible_gpus"]
@@ -985,8 +986,8 @@ class Sweep:
         env = dict(os.environ)
         if self.gpus:
             env["CUDA_VISIBLE_DEVICES"] = self.gpus[slot % len(self.gpus)]
-        elif "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.workers))
+        elif "OMP_NUM_THREADS" not in os.environ:  # the fit's own rule would not know of the others
+            env.update(thread_env(max(1, available_cores() // self.workers)))
         return env
 
     def _start(self, cmd: list[str], fh: Any, env: dict[str, str], slot: int) -> Any:
