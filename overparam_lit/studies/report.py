@@ -16,7 +16,6 @@ import argparse
 import base64
 import csv
 import html
-import io
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from typing import Any
 
 from overparam_lit.studies.figures import FIGURES, draw, figures_for
 from overparam_lit.studies.figures.common import num
+from overparam_lit.studies.results import RESULT_COLUMNS, read_csv_rows
 from overparam_lit.studies.runs import SweepFolder, run_folders
 from overparam_lit.utils import ConfigError, atomic_write_text, check, check_out_file
 
@@ -67,9 +67,6 @@ footer{margin-top:2.5rem;color:var(--muted);font-size:.85rem;border-top:1px soli
 """
 MAX_ROWS = 400
 """Rows of results.csv shown on the page (the file holds all of them)."""
-REQUIRED_RESULT_COLUMNS = ("fit", "status")
-"""Columns every ``results.csv`` of ``overparam-lit sweep`` has."""
-
 
 # ---- numbers ------------------------------------------------------------------------------
 _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -433,27 +430,6 @@ def _shown(path: str | Path) -> str:
         return str(p)
 
 
-def _read_spec(sweep: SweepFolder) -> dict[str, Any]:
-    if not sweep.spec.exists():
-        return {}
-    fix = ("Restore the file, or rerun the sweep that wrote it (`overparam-lit sweep -c CONFIG --out "
-           f"{_shown(sweep.root)}`); finished fits are kept.")
-    try:
-        spec = json.loads(sweep.spec.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"sweep.json is not text (byte {err.start} is not UTF-8) "
-                          f"(got {str(sweep.spec)!r}). " + fix) from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"sweep.json is not valid JSON: {err.msg} at line {err.lineno}, column {err.colno} "
-                          f"(got {str(sweep.spec)!r}). " + fix) from None
-    except OSError as err:
-        raise ConfigError(f"sweep.json cannot be read: {err.strerror} (got {str(sweep.spec)!r}). "
-                          + fix) from None
-    check(isinstance(spec, dict) and isinstance(spec.get("fits", []), list),
-          "sweep.json does not hold a sweep's plan (an object with 'fits')", str(sweep.spec), fix)
-    return spec
-
-
 def _read_results(sweep: SweepFolder, spec: dict[str, Any]) -> list[dict[str, str]] | None:
     """The rows of ``results.csv`` as text (``None`` when there is none), or a ConfigError when the
     file is not the table ``overparam-lit sweep`` writes."""
@@ -463,23 +439,7 @@ def _read_results(sweep: SweepFolder, spec: dict[str, Any]) -> list[dict[str, st
     configs = " ".join(f"-c {_shown(c)}" for c in spec.get("configs") or []) or "-c CONFIG"
     fix = (f"Rewrite it from the fits' folders with `overparam-lit sweep {configs} "
            f"--out {_shown(sweep.root)} --collect`.")
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"results.csv is not text (byte {err.start} is not UTF-8) (got {str(path)!r}). "
-                          + fix) from None
-    except OSError as err:
-        raise ConfigError(f"results.csv cannot be read: {err.strerror} (got {str(path)!r}). " + fix) from None
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
-        header = reader.fieldnames or []
-    except csv.Error as err:
-        raise ConfigError(f"results.csv is not a CSV table: {err} (got {str(path)!r}). " + fix) from None
-    missing = [c for c in REQUIRED_RESULT_COLUMNS if c not in header]
-    check(not missing, f"results.csv lacks the column(s) {missing} that `overparam-lit sweep` writes",
-          str(path), fix)
-    return rows
+    return read_csv_rows(path, "results.csv", fix, RESULT_COLUMNS)
 
 
 def _check_out(path: Path) -> None:
@@ -730,7 +690,7 @@ def write_report(source: str | Path, out: str | Path | None = None, draw_figures
           "Give the --out folder of `overparam-lit sweep` (or a folder of runs).")
     path = Path(out) if out is not None else sweep.report
     _check_out(path)
-    spec = _read_spec(sweep)
+    spec = sweep.read_spec()
     rows = _read_results(sweep, spec)
     names = figures_for(root)
     if spec.get("figure") and spec["figure"] not in names:
