@@ -12,11 +12,15 @@
   logged, so a kill just after it lost that train row.
   :class:`EpochBoundary` (first in the callback list) triggers the save at the next epoch's
   start; the last epoch is saved in ``on_train_end``, after the other callbacks finished it.
+- :class:`StopOnSignal` stops a fit at the next optimizer step after SIGTERM, SIGUSR1 or SIGUSR2
+  (:mod:`overparam_lit.stopping`): the newest checkpoint is made durable and the run's tables are
+  cut back to it, as a resume would find them after a kill.
 """
 
 from __future__ import annotations
 
 import contextlib
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +28,15 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from typing_extensions import override
 
+from overparam_lit import stopping
 from overparam_lit.compat import mark_epoch_boundary, save_checkpoints_now
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write, fsync_deferred
+from overparam_lit.utils import atomic_write, fsync_deferred, fsync_path
 
-__all__ = ["AtomicCheckpointIO", "EpochBoundary", "RunCheckpoint"]
+__all__ = ["AtomicCheckpointIO", "EpochBoundary", "RunCheckpoint", "StopOnSignal", "resumes_after_stop"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -107,3 +114,83 @@ class EpochBoundary(L.Callback):
             if isinstance(cb, RunCheckpoint):
                 cb.save_epoch(trainer)
 
+
+
+def resumes_after_stop(trainer: L.Trainer, exception: BaseException) -> bool:
+    """Whether ``exception`` ends a fit that a stop signal interrupted (:mod:`overparam_lit.stopping`,
+    or Lightning's own SIGTERM exit) and that keeps run checkpoints to resume from."""
+    stopped = isinstance(exception, (stopping.StopRequested, SIGTERMException))
+    return stopped and any(isinstance(cb, RunCheckpoint) for cb in trainer.checkpoint_callbacks)
+
+
+class StopOnSignal(L.Callback):
+    """Stops a fit at the next optimizer step boundary once SIGTERM, SIGUSR1 or SIGUSR2 arrived
+    (the signals a scheduler sends before or at a time limit), by raising
+    :class:`~overparam_lit.stopping.StopRequested`; the CLI then exits with
+    :data:`~overparam_lit.stopping.REQUEUE_EXIT_CODE`.
+
+    The run folder is left as a resume expects it: the newest checkpoint (the last completed
+    epoch) is made durable, and ``metrics.csv`` and ``members.csv`` are cut back to its rows
+    (:meth:`~overparam_lit.loggers.CheckpointedCSV.rewind`). The steps after it run again on
+    resume, so the resumed rows and weights equal an uninterrupted run's. Under DDP the ranks
+    agree at each step boundary (one ``all_reduce``) and stop together.
+
+    The handlers replace Lightning's SIGTERM handling once training starts (which would end the
+    fit with exit code 0 at the next batch) and its SLURM auto-requeue on SIGUSR1 (this fit does
+    not requeue itself: its exit code asks the scheduler or ``overparam-lit sweep`` to).
+    """
+
+    def __init__(self) -> None:
+        self.stopped_at: tuple[int, int] | None = None  # (epoch, step) where the fit stopped
+
+    @override
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        stopping.local_checks(trainer.world_size == 1)
+
+    @override
+    def on_sanity_check_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stopping.install()
+
+    @override
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stopping.install()  # after Lightning's signal connector registered its own handlers
+
+    @override
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        self.stop_if_requested(trainer)
+
+    @override
+    def on_validation_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                                outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        if trainer.world_size == 1:
+            stopping.check()
+
+    def stop_if_requested(self, trainer: L.Trainer) -> None:
+        """Raise :class:`~overparam_lit.stopping.StopRequested` if a stop signal arrived (on any
+        rank, under DDP)."""
+        signum = stopping.requested()
+        stop = signum is not None
+        if trainer.world_size > 1:
+            stop = bool(trainer.strategy.reduce_boolean_decision(stop, all=False))
+        if stop:
+            raise stopping.StopRequested(signum if signum is not None else int(signal.SIGTERM))
+
+    @override
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if not isinstance(exception, (stopping.StopRequested, SIGTERMException)):
+            return
+        self.stopped_at = (int(trainer.current_epoch), int(trainer.global_step))
+        exception.stopped_at = self.stopped_at  # type: ignore[attr-defined]
+        exception.run_folder = str(RunFolder.of(trainer).root)  # type: ignore[attr-defined]
+        if resumes_after_stop(trainer, exception) and trainer.is_global_zero:
+            folder = RunFolder.of(trainer)
+            for path in folder.checkpoint_files():
+                fsync_path(path)
+            fsync_path(folder.checkpoints)
+
+    @override
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        stopping.local_checks(True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
 import sys
 import time
 import warnings
@@ -29,12 +30,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, TQDMProgre
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.plugins.io import CheckpointIO
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.utilities.exceptions import MisconfigurationException, SIGTERMException
 
 import overparam_lit.callbacks  # noqa: F401  (registers study callbacks for short names)
 import overparam_lit.data  # noqa: F401  (registers data modules for short names)
 import overparam_lit.models  # noqa: F401  (registers width families for short names)
-from overparam_lit.checkpointing import AtomicCheckpointIO, EpochBoundary, RunCheckpoint
+from overparam_lit import stopping
+from overparam_lit.checkpointing import AtomicCheckpointIO, EpochBoundary, RunCheckpoint, StopOnSignal
 from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.data.base import ArrayDataModule
 from overparam_lit.loggers import MetricsCSVCheckpoint, RunCSVLogger, RunWandbLogger, flatten_config
@@ -1128,6 +1130,8 @@ class OverparamCLI(LightningCLI):
         """Checks, then lock and accept the run folder (nothing was written before this); a study
         config's ``sweep:`` block is noted as ignored."""
         self._before("fit")
+        stopping.clear()
+        stopping.install()  # SIGTERM, SIGUSR1, SIGUSR2 stop the fit at a step (StopOnSignal)
         if self._sub().get("sweep") and self._launch_rank_zero():
             print(sweep_block_note(self._sub().get("config")), file=sys.stderr, flush=True)
 
@@ -1160,7 +1164,7 @@ class OverparamCLI(LightningCLI):
         user = list(user) if isinstance(user, list) else [user]
         has_ckpt = any(isinstance(c, ModelCheckpoint) for c in user)
         has_bar = any(isinstance(c, ProgressBar) for c in user)
-        first: list[Callback] = [EpochBoundary()]
+        first: list[Callback] = [EpochBoundary(), StopOnSignal()]
         last: list[Callback] = [DefineWandbAxes(), MetricsCSVCheckpoint()]
         if config.get("enable_progress_bar", True) is not False and not has_bar:
             # redrawing the bar every step costs more than a small model's step; no bar in logs
@@ -1449,6 +1453,25 @@ register_command("plot", _plot, "draw one figure of finished runs or a sweep and
 register_command("report", _report, "write one self-contained HTML page of every figure of a sweep folder")
 
 
+def stop_message(stop: BaseException) -> str:
+    """What a fit stopped by a signal prints: where it stopped, what it resumes from, and how."""
+    signum = getattr(stop, "signum", int(signal.SIGTERM))
+    epoch, step = getattr(stop, "stopped_at", (None, None))
+    where = f" at step {step} (epoch {epoch})" if step is not None else ""
+    head = (f"overparam-lit fit: stopped on {stopping.signal_name(signum)}{where}; exit code "
+            f"{stopping.REQUEUE_EXIT_CODE} (run again to continue).")
+    root = getattr(stop, "run_folder", None)
+    if root is None:
+        return head
+    folder = RunFolder(root)
+    ckpt = folder.newest_intact_checkpoint()
+    if ckpt is None:
+        return (f"{head} No checkpoint was written yet (none is made before the first epoch ends), "
+                f"so the fit starts over: overparam-lit fit -c {folder.config_yaml} --overwrite true")
+    return (f"{head} The run folder resumes from {ckpt} (the steps after it run again): "
+            f"overparam-lit fit -c {folder.config_yaml} --ckpt_path {ckpt}")
+
+
 def main(args: list[str] | None = None) -> int | None:
     """Console entry point: run a registered command or the CLI, printing bad-input errors as
     one paragraph (exit code 2). A registered command's non-zero exit code is raised as
@@ -1476,6 +1499,10 @@ def main(args: list[str] | None = None) -> int | None:
         sys.argv[1:] = argv  # DDP children re-run sys.argv: they see the resolved paths too
     try:
         OverparamCLI(args=None if args is None else argv)
+    except (stopping.StopRequested, SIGTERMException) as stop:
+        if OverparamCLI._launch_rank_zero():
+            print(stop_message(stop), file=sys.stderr, flush=True)
+        raise SystemExit(stopping.REQUEUE_EXIT_CODE) from None
     except SystemExit:
         if argv[:1] in (["-h"], ["--help"]):
             _help_with_commands()

@@ -81,6 +81,7 @@ class CheckpointedCSV:
         self.columns: list[str] = list(columns or [])
         self.pending: list[dict[str, Any]] = []
         self._rows_on_disk: int | None = None
+        self.checkpointed: int | None = None  # rows of the newest checkpoint made or loaded
 
     # ---- reading -----------------------------------------------------------------------------
     def _scan(self) -> None:
@@ -175,13 +176,25 @@ class CheckpointedCSV:
     def state_dict(self) -> dict[str, Any]:
         """Flush (and fsync unless :func:`~overparam_lit.utils.fsync_deferred`), then
         ``{"rows": n, "file": name}``: what a checkpoint refers to."""
-        return {"rows": self.flush(sync=durable()), "file": self.path.name}
+        self.checkpointed = self.flush(sync=durable())
+        return {"rows": self.checkpointed, "file": self.path.name}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> int:
         """Cut the file back to the rows of a checkpoint's state; returns the rows removed."""
         if "rows" not in state:
             return 0
-        return self.truncate(int(state["rows"]))
+        self.checkpointed = int(state["rows"])
+        return self.truncate(self.checkpointed)
+
+    def rewind(self) -> int:
+        """Drop the buffered rows and cut the file back to the newest checkpoint's rows (none
+        when no checkpoint was made or loaded): the file as a resume from that checkpoint will
+        find it. Returns the rows removed from the file."""
+        self.pending = []
+        removed = self.truncate(self.checkpointed or 0)
+        if self.path.is_file():
+            fsync_path(self.path)
+        return removed
 
 
 class CheckpointedCSVCallback(L.Callback):
@@ -244,7 +257,14 @@ class CheckpointedCSVCallback(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:
-        self._flush()
+        """Rows reach the disk; a fit stopped by a signal that will resume from its checkpoint
+        cuts them back to it instead (:func:`~overparam_lit.checkpointing.resumes_after_stop`)."""
+        from overparam_lit.checkpointing import resumes_after_stop
+
+        if self.csv is not None and resumes_after_stop(trainer, exception):
+            self.csv.rewind()
+        else:
+            self._flush()
 
 
 class RunCSVLogger(Logger):

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, linearize
 
+from overparam_lit import stopping
 from overparam_lit.utils import ConfigError, check
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -277,6 +278,7 @@ class HessianOperator:
         """``H v`` for a flat vector ``v`` of length :attr:`dim`."""
         check(v.shape == (self.dim,), "HVP vector has the wrong shape", tuple(v.shape),
               f"Pass a flat vector of length {self.dim}.")
+        stopping.check()  # a stop signal does not wait for the rest of a probe
         v = v.to(device=self.device, dtype=self.dtype)
         tangent = self.unflatten(v)
         try:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
-from overparam_lit import pruning
+from overparam_lit import pruning, stopping
 from overparam_lit.compat import (
     cheap_cuda_checks,
     count_inner_steps,
@@ -562,6 +562,7 @@ class OverparamModule(L.LightningModule):
                 for cb in hooks["on_optimizer_step_end"]:
                     cb.on_optimizer_step_end(trainer, self)
                 self._structure.apply_()
+                stopping.check()  # a stop signal ends the call at this step (single process)
             if ddp is not None:  # the call's last backward is Lightning's, prepared by DDP itself
                 settle_ddp_buckets(ddp)
         return self._step(next(batches), "train")

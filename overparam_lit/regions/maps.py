@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from overparam_lit import stopping
 from overparam_lit.regions.planes import PlaneBank
 from overparam_lit.utils import check
 
@@ -77,6 +78,7 @@ def _evaluate(
     flat_coords = coords.reshape(total, 2)
     preds, confs, margins = [], [], []
     for start in range(0, total, batch_size):
+        stopping.check()  # a stop signal does not wait for the rest of a snapshot
         idx = torch.arange(start, min(start + batch_size, total), device=coords.device)
         pl = idx // per_plane
         c = flat_coords[idx]
