@@ -325,6 +325,8 @@ def test_hessian_index_against_loss_and_outliers(tmp_path: Path, capsys) -> None
     assert numbers["negative_fraction_first"] == pytest.approx(np.mean([0.30, 0.31, 0.4]))
     assert numbers["loss_last"] == pytest.approx(np.mean([0.5, 0.4, 1.0]))
     assert numbers["outliers_by_classes"] == {"4": 4.0, "10": 9.5} and numbers["num_classes"] == [4, 10]
+    assert numbers["by_classes"]["10"]["last"] == [10, 9] and numbers["by_classes"]["4"]["max"] == [4]
+    assert numbers["outliers_by_classes_largest_gap"] == {"4": 4.0, "10": 9.5}
     assert numbers["loss_source"] == ["probe", "train_epoch_mean"] and numbers["members"] == 3
     spectra = plot(capsys, "spectra", str(tmp_path))
     assert spectra["widths"] == [8, 16]
