@@ -19,15 +19,16 @@ from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, eval
 from overparam_lit.compat import fresh_optimizers
 from overparam_lit.pruning import module_state
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_save, atomic_write_json, log_scalars
+from overparam_lit.utils import atomic_save, atomic_write_json, check, log_scalars
 
 
 class IterativeMagnitudePruning(MaskedTraining):
     """Iterative magnitude pruning with rewinding, all levels in one ``fit``.
 
-    Level 0 trains the dense net for ``epochs_per_level`` epochs. Each further level prunes to the
-    schedule's density by magnitude, rewinds, and retrains the full schedule with a fresh optimizer
-    and LR scheduler. The callback sets ``max_epochs = (levels + 1) * epochs_per_level``. At the
+    Level 0 trains the dense net for ``epochs_per_level`` epochs (or ``steps_per_level`` optimizer
+    steps). Each further level prunes to the schedule's density by magnitude, rewinds, and retrains
+    the full schedule with a fresh optimizer and LR scheduler. The callback sets
+    ``max_epochs = (levels + 1) * epochs_per_level`` (or ``max_steps``, levels in steps). At the
     end of each level it logs ``imp/level``, ``imp/density``, ``imp/sparsity`` and
     ``imp/<split>_acc`` / ``imp/<split>_loss`` (final) and ``imp/best_val_acc`` (best validation
     during the level), means over members, and writes ``<run_dir>/imp/level_XX/``: ``mask.pt``,
@@ -41,18 +42,36 @@ class IterativeMagnitudePruning(MaskedTraining):
             ``list`` (``densities`` of levels 1..levels).
         final_density: density of the last level of the ``linear`` schedule.
         densities: densities of the ``list`` schedule.
-        epochs_per_level: epochs of one level; ``None`` takes the trainer's ``max_epochs``.
-        scope: ``global`` (one threshold across layers, per member) or ``layerwise``.
+        epochs_per_level: epochs of one level; ``None`` takes the trainer's ``max_epochs`` (or,
+            when the trainer sets ``max_steps``, levels are measured in steps of that many).
+        scope: ``global`` (one threshold across layers, per member) or ``layerwise`` (one per layer,
+            or per pool with ``pool_bias``).
         rewind: ``weights`` (to step ``rewind_step`` of level 0; 0 is the original lottery ticket),
             ``lr`` (keep the trained weights, replay the LR schedule) or ``finetune``.
         rewind_step: optimizer step of level 0 whose state is the rewind point.
-        output_fraction: per-level pruning fraction of the output layer (own rate); 0 keeps it dense.
+        output_fraction: per-level pruning fraction of the output layer (own geometric rate,
+            ``(1 - output_fraction) ** level`` under any schedule); 0 keeps it dense.
         output_layer: module name of the output layer (default: the last Linear/Conv layer).
-        prune_biases: also prune the Linear/Conv biases, in the same pool as the weights.
+        prune_biases: also prune the Linear/Conv biases by magnitude: with ``scope: global`` in the
+            one pool; with ``layerwise`` each bias as a tensor of its own (see ``pool_bias``).
+        pool_bias: prune each layer's weight and bias as one pool (one threshold over both; needs
+            ``prune_biases``), as the MNIST-1D notebook prunes a layer's parameters.
         granularity: ``unstructured`` or ``structured`` (whole neurons and channels through
             torch-pruning's dependency graph; single models only; exports ``pruned_net.pt``).
         eval_splits: splits evaluated at the end of each level.
         save_final_weights: write ``final.pt`` per level.
+        output: what happens to the output layer: ``dense`` (kept), ``schedule`` (pruned like
+            every other layer: in the global pool, or as a layer of its own under ``layerwise``)
+            or ``own`` (its own rate: ``output_fraction`` or ``output_final_density``). Unset:
+            ``own`` when ``output_fraction`` > 0, else ``dense``.
+        output_final_density: the output layer's own rate, linear in the level: its density falls
+            from 1 to this value at the last level (with ``output: own``, any schedule).
+        steps_per_level: optimizer steps of one level (levels in steps; the callback sets
+            ``max_steps``); validation every N steps is Lightning's ``val_check_interval: N`` with
+            ``check_val_every_n_epoch: null``.
+        replay_order: every level sees the training batches in the order level 0 saw them (the
+            data module's :meth:`~overparam_lit.data.base.ArrayDataModule.replay_order`); by
+            default the order is drawn per epoch of the whole fit.
     """
 
     def __init__(self, levels: int = 3, fraction: float = 0.2, schedule: str = "geometric",
@@ -60,10 +79,14 @@ class IterativeMagnitudePruning(MaskedTraining):
                  epochs_per_level: int | None = None, scope: str = "global", rewind: str = "weights",
                  rewind_step: int = 0, output_fraction: float = 0.0, output_layer: str | None = None,
                  prune_biases: bool = False, granularity: str = "unstructured",
-                 eval_splits: Sequence[str] = ("val", "test"), save_final_weights: bool = True) -> None:
+                 eval_splits: Sequence[str] = ("val", "test"), save_final_weights: bool = True,
+                 pool_bias: bool = False, output: str | None = None,
+                 output_final_density: float | None = None, steps_per_level: int | None = None,
+                 replay_order: bool = False) -> None:
         self.opts = pruning.ImpOptions(levels, fraction, schedule, final_density, densities, epochs_per_level,
                                        scope, rewind, rewind_step, output_fraction, output_layer,
-                                       prune_biases, granularity, eval_splits, save_final_weights)
+                                       prune_biases, granularity, eval_splits, save_final_weights,
+                                       pool_bias, output, output_final_density, steps_per_level, replay_order)
         self.levels = self.opts.sparsity.levels
         self.levels_state = pruning.ImpLevels.from_options(self.opts)
         super().__init__()
@@ -104,12 +127,24 @@ class IterativeMagnitudePruning(MaskedTraining):
         note = self.levels_state.resolve_epochs(trainer.max_epochs, trainer.max_steps, self.opts)
         if note:
             rank_zero_info(note)
-        trainer.fit_loop.max_epochs = self.total_epochs
+        self._set_length(trainer)
         self.levels_state.attach(pl_module, self.opts)
+        if self.opts.replay_order:
+            check(callable(getattr(trainer.datamodule, "replay_order", None)),
+                  "replay_order needs an overparam-lit data module", type(trainer.datamodule).__name__,
+                  "Use a data module of overparam_lit.data, or set replay_order: false.")
+            check(trainer.accumulate_grad_batches == 1, "replay_order counts one batch per optimizer step",
+                  trainer.accumulate_grad_batches, "Set accumulate_grad_batches: 1 or replay_order: false.")
+
+    def _set_length(self, trainer: L.Trainer) -> None:
+        state = self.levels_state
+        trainer.fit_loop.max_epochs = state.total_epochs
+        if state.steps_per_level is not None:
+            trainer.fit_loop.epoch_loop.max_steps = state.total_steps
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.fit_loop.max_epochs = self.total_epochs  # a restored state fixes the epochs
+        self._set_length(trainer)  # a restored state fixes the length
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -118,8 +153,17 @@ class IterativeMagnitudePruning(MaskedTraining):
         if self.opts.rewind == "finetune" and state.level >= 1:
             trainer.strategy.lr_scheduler_configs = []  # resumed: keep the final learning rate
         self._bind(pl_module)
+        if self.opts.replay_order:
+            trainer.datamodule.replay_order(state.steps_of_level(trainer.num_training_batches, 1))
         if (start := state.initial_start(pl_module, trainer.global_step, self.opts)) is not None:
             self._write_level_start(trainer, 0, start)
+
+    @override
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        if self.levels_state.due_step(trainer.global_step):  # levels in steps: a call starts a level
+            self._finish_level(trainer, pl_module)
+            self._start_level(trainer, pl_module, self.levels_state.level + 1)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
@@ -130,9 +174,13 @@ class IterativeMagnitudePruning(MaskedTraining):
 
     @override
     def next_event_step(self, trainer: L.Trainer, step: int) -> int | None:
-        """The rewind step while level 0 has not taken its rewind point."""
+        """The rewind step while level 0 has not taken its rewind point, and the level boundaries
+        of levels in steps (a call ends there; the next level starts with the next call)."""
         rewind = self.opts.rewind_step
-        return rewind if rewind > step and self.levels_state.wants_snapshot(rewind, self.opts) else None
+        found = [rewind] if rewind > step and self.levels_state.wants_snapshot(rewind, self.opts) else []
+        if (boundary := self.levels_state.next_boundary(step)) is not None:
+            found.append(boundary)
+        return min(found) if found else None
 
     @override
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -147,7 +195,7 @@ class IterativeMagnitudePruning(MaskedTraining):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.levels_state.unfinished(trainer.current_epoch):
+        if self.levels_state.unfinished(trainer.current_epoch, trainer.global_step):
             self._finish_level(trainer, pl_module)
 
     def _finish_level(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -165,7 +213,8 @@ class IterativeMagnitudePruning(MaskedTraining):
             atomic_save(small.cpu(), run.imp_pruned_net(level))
         atomic_write_json(report, run.imp_sparsity(level))
         atomic_write_json(record, run.imp_metrics(level))
-        summary = {"config": self.opts.config(state.epochs_per_level), "levels": state.history}
+        summary = {"config": self.opts.config(state.epochs_per_level, state.steps_per_level),
+                   "levels": state.history}
         atomic_write_json(summary, run.imp_summary)
 
     def _start_level(self, trainer: L.Trainer, pl_module: L.LightningModule, level: int) -> None:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
+import torch
 from typing_extensions import override
 
 from overparam_lit import pruning
@@ -20,19 +21,24 @@ class TicketStart(MaskedTraining):
 
     Modes (see :func:`overparam_lit.pruning.start_from_ticket`): ``ticket`` (rewind weights,
     ticket mask), ``random_reinit`` (ticket mask, fresh init), ``random_mask`` (rewind weights,
-    random mask of the same per-layer density), ``perturb_rest`` (dense net: ticket weights at
-    their rewind values, every other weight re-drawn, or perturbed by ``sigma`` times the
-    layer's weight std). Masks are kept during training exactly as in IMP.
+    random mask with the ticket's per-tensor densities: what the ticket keeps dense stays dense),
+    ``random_prune`` (rewind weights, random pruning under IMP's own scope and schedule: the
+    ticket's kept count in every pruning pool, at random positions within the pool),
+    ``perturb_rest`` (dense net: ticket weights at their rewind values, every other weight
+    re-drawn, or perturbed by ``sigma`` times the layer's weight std). Masks are kept during
+    training exactly as in IMP.
 
     With members, the ticket must come from a fit with the same members (an IMP run with the
     same ``--model.seeds``/``--model.widths``): every member starts from its own ticket, and its
     controls are drawn from its own seed (:func:`~overparam_lit.models.stack.control_seed`), so a
     member's control equals the single run's control. Writes ``<run_dir>/imp/ticket_start.json``
-    and, at the end, ``ticket_result.json`` (means, and every member under ``members``).
+    and, at the end, ``ticket_result.json`` (means, and every member under ``members``): the
+    final metrics of ``eval_splits`` and ``best_val/acc``, the best validation accuracy seen
+    during training (every validation run of the fit).
 
     Args:
         ticket: path of the level folder, e.g. ``runs/x/imp/level_07``.
-        mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``perturb_rest``.
+        mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``random_prune``, ``perturb_rest``.
         sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
         seed: seed of the controls' draws (combined with each member's seed).
         eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
@@ -53,6 +59,7 @@ class TicketStart(MaskedTraining):
         self.eval_splits = tuple(eval_splits)
         self._started = False
         self._info: dict[str, Any] = {}
+        self.best: dict[str, list[float]] = {}
 
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -76,8 +83,14 @@ class TicketStart(MaskedTraining):
             atomic_write_json(self._info, RunFolder.of(trainer).ticket_start)
 
     @override
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking and hasattr(pl_module, "member_epoch_metrics"):
+            self.best = pruning.best_accuracies(self.best, pl_module.member_epoch_metrics("val"))
+
+    @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = evaluate_splits(trainer, pl_module, self.eval_splits)
+        metrics.update({f"best_{k}": torch.tensor(v) for k, v in self.best.items()})
         means = {k: float(v.mean()) for k, v in metrics.items()}
         result: dict[str, Any] = {**self._info, **means}
         if getattr(pl_module, "members", None) is not None:
@@ -90,10 +103,11 @@ class TicketStart(MaskedTraining):
     @override
     def state_dict(self) -> dict[str, Any]:
         return {"masks": None if self.masks is None else {n: m.cpu() for n, m in self.masks.items()},
-                "info": self._info}
+                "info": self._info, "best": self.best}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.masks = state_dict["masks"]
         self._info = state_dict.get("info", {})
+        self.best = dict(state_dict.get("best") or {})
         self._started = True

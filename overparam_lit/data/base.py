@@ -28,7 +28,10 @@ class TensorBatches:
     training shards trimmed to equal length so every rank takes the same number of steps.
     ``calls_fn``, asked when an epoch's iteration starts, may cut the epoch's batches into
     :class:`~overparam_lit.models.steps.StepChunk` calls of several optimizer steps (the model's
-    ``take_epoch_calls``); ``len()`` stays the number of batches.
+    ``take_epoch_calls``); ``len()`` stays the number of batches. ``replay_fn``, asked when an
+    epoch's iteration starts, may return ``(step, period)``: the epoch's first batch is then batch
+    ``step % period`` of an order that restarts every ``period`` batches (its ``e``-th run
+    through the data drawn from ``seed`` and ``e``, as the per-epoch order draws epoch ``e``).
     """
 
     def __init__(
@@ -44,13 +47,14 @@ class TensorBatches:
         augment: Augment | None = None,
         drop_last: bool = False,
         calls_fn: Callable[[], list[int] | None] | None = None,
+        replay_fn: Callable[[], tuple[int, int] | None] | None = None,
     ) -> None:
         self.tensors = tuple(t.to(device) for t in tensors)
         self.batch_size = int(batch_size)
         self.shuffle, self.seed, self.epoch_fn = shuffle, int(seed), epoch_fn
         self.rank, self.world_size = int(rank), int(world_size)
         self.augment, self.drop_last = augment, drop_last
-        self.calls_fn = calls_fn
+        self.calls_fn, self.replay_fn = calls_fn, replay_fn
         self.device = torch.device(device)
         n = self.tensors[0].shape[0]
         self.shard_size = n // self.world_size if shuffle else len(range(self.rank, n, self.world_size))
@@ -65,7 +69,25 @@ class TensorBatches:
         order = torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)
         return order[self.rank :: self.world_size][: self.shard_size].to(self.device)
 
+    def _replayed(self, step: int, period: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        x, y, y_true = self.tensors
+        bs, per_epoch, drawn = self.batch_size, len(self), (-1, None)
+        for i in range(per_epoch):
+            epoch, j = divmod((step + i) % period, per_epoch)
+            if drawn[0] != epoch:
+                drawn = (epoch, self._indices(torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)))
+            b = drawn[1][j * bs : (j + 1) * bs]
+            xb = x[b]
+            if self.augment is not None:
+                gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_007 + j)
+                xb = self.augment(xb, gen)
+            yield xb, y[b], y_true[b]
+
     def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        replay = self.replay_fn() if self.replay_fn is not None and self.shuffle else None
+        if replay is not None:
+            yield from self._replayed(*replay)
+            return
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.epoch_fn()))
         idx = self._indices(gen)
         x, y, y_true = self.tensors
@@ -143,6 +165,16 @@ class ArrayDataModule(L.LightningDataModule):
         self.train_subset, self.subset_seed, self.val_size = train_subset, subset_seed, int(val_size)
         self.shuffle_seed = int(shuffle_seed)
         self.splits: dict[str, tuple[Tensor, Tensor, Tensor]] = {}
+        self.replay_period: int | None = None
+
+    def replay_order(self, period: int | None) -> None:
+        """Replay the training batch order every ``period`` optimizer steps (one batch per step):
+        step ``s`` trains on the batch that step ``s % period`` trained on (IMP's
+        ``replay_order``: every level sees level 0's batches). ``None`` restores the order drawn
+        per epoch of the whole fit."""
+        check(period is None or period >= 1, "the replay period must be a positive number of steps", period,
+              "Give the optimizer steps of one IMP level.")
+        self.replay_period = None if period is None else int(period)
 
     # ---- what a data set provides ---------------------------------------------------------
     def load(self) -> dict[str, Tensor]:
@@ -194,6 +226,10 @@ class ArrayDataModule(L.LightningDataModule):
         if "val" not in self.splits:
             self.splits["val"] = self.splits["test"]
 
+    def _replay_at(self) -> tuple[int, int] | None:
+        """``(global step, replay period)`` while the order is replayed, else ``None``."""
+        return None if self.replay_period is None else (self.trainer.global_step, self.replay_period)
+
     def _batches(self, split: str, train: bool) -> TensorBatches:
         self.setup()
         trainer = self.trainer
@@ -210,6 +246,7 @@ class ArrayDataModule(L.LightningDataModule):
             augment=self.train_augment() if train else None,
             calls_fn=getattr(trainer.lightning_module, "take_epoch_calls", None)
             if train and trainer is not None else None,
+            replay_fn=self._replay_at if train and trainer is not None else None,
         )
 
     def train_dataloader(self) -> TensorBatches:

@@ -1,10 +1,11 @@
-"""MLP width family: ``depth`` hidden layers of ``width`` units."""
+"""MLP width family: ``depth`` hidden layers of ``width`` units; LeNet-300-100; the MNIST-1D
+repository's residual MLP."""
 
 from __future__ import annotations
 
 import math
 
-from torch import nn
+from torch import Tensor, nn
 
 from overparam_lit.activations import ACTIVATIONS
 from overparam_lit.models.base import OverparamModule
@@ -72,3 +73,42 @@ class LeNet300100(OverparamModule):
             nn.Linear(w, w // 3), nn.ReLU(),
             nn.Linear(w // 3, self.num_classes),
         )
+
+
+class ResidualBlockNet(nn.Module):
+    """``x -> h = act(l1(x)); h = h + act(l2(h)); l3(h)``: two hidden layers of ``width`` units, the
+    second added to the first (a residual connection)."""
+
+    def __init__(self, fan_in: int, width: int, num_classes: int, activation: str = "relu") -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.l1, self.l2 = nn.Linear(fan_in, width), nn.Linear(width, width)
+        self.l3 = nn.Linear(width, num_classes)
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.act(self.l1(self.flatten(x)))
+        h = h + self.act(self.l2(h))
+        return self.l3(h)
+
+
+class ResidualMLP(OverparamModule):
+    """The MLP of the MNIST-1D repository (Greydanus 2020), which its lottery-ticket notebook prunes:
+    two hidden layers of ``width`` units whose second is residual, ``h = relu(l1(x))``,
+    ``h = h + relu(l2(h))``, output ``l3(h)``. ``width=500`` on MNIST-1D is the notebook's
+    40-500-500-10 net (275,510 parameters). Layers ``net.l1``, ``net.l2``, ``net.l3`` (the output).
+
+    Args:
+        activation: a name of :data:`overparam_lit.activations.ACTIVATIONS`.
+        **kwargs: ``width``, optimizer, scheduler and the linked data arguments of
+            :class:`OverparamModule`.
+    """
+
+    def __init__(self, activation: str = "relu", **kwargs) -> None:
+        check(activation in ACTIVATIONS, "unknown activation", activation,
+              f"Set --model.activation to one of {', '.join(ACTIVATIONS)}.")
+        self.activation = activation
+        super().__init__(**kwargs)
+
+    def build_network(self) -> nn.Module:
+        return ResidualBlockNet(math.prod(self.input_shape), self.width, self.num_classes, self.activation)

@@ -7,12 +7,13 @@ from overparam_lit.utils import lazy_exports
 lazy_exports(__name__, {  # each name loads with its submodule on first use
     "binding": ("Masks", "structural_masks"),
     "imp": (
-        "GRANULARITIES", "REWIND_MODES", "ImpLevels", "ImpOptions", "ImpTargets", "example_input",
-        "imp_targets", "level_scalars",
+        "GRANULARITIES", "OUTPUT_MODES", "REWIND_MODES", "ImpLevels", "ImpOptions", "ImpTargets",
+        "best_accuracies", "example_input", "imp_targets", "level_scalars",
     ),
     "masks": (
         "SCOPES", "apply_masks_", "density", "full_masks", "kept_count", "magnitude_prune", "mask_grads_",
-        "mask_optimizer_state_", "prune_remaining", "random_masks_like", "sparsity_report",
+        "mask_optimizer_state_", "pool_lists", "prune_remaining", "random_masks_like", "random_pool_masks",
+        "sparsity_report",
     ),
     "members": ("initial_masks", "member_reports", "own_counts", "prune_members"),
     "schedule": ("SCHEDULES", "SparsitySchedule"),
@@ -29,6 +30,10 @@ lazy_exports(__name__, {  # each name loads with its submodule on first use
 
 __all__ = [
     "GRANULARITIES",
+    "OUTPUT_MODES",
+    "best_accuracies",
+    "pool_lists",
+    "random_pool_masks",
     "REWIND_MODES",
     "SCHEDULES",
     "SCOPES",

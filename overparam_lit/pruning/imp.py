@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from overparam_lit.pruning.binding import Masks, structural_masks
-from overparam_lit.pruning.masks import SCOPES
+from overparam_lit.pruning.masks import SCOPES, pool_lists
 from overparam_lit.pruning.members import initial_masks, member_reports, own_counts, prune_members
 from overparam_lit.pruning.schedule import SparsitySchedule
 from overparam_lit.pruning.select import PrunableWeight, output_layer_name, prunable_weights
@@ -35,6 +35,7 @@ from overparam_lit.pruning.tickets import load_state_, module_state
 from overparam_lit.utils import ConfigError, check
 
 REWIND_MODES = ("weights", "lr", "finetune")
+OUTPUT_MODES = ("dense", "schedule", "own")
 GRANULARITIES = ("unstructured", "structured")
 SPLITS = ("train", "val", "test")
 
@@ -45,7 +46,8 @@ class ImpOptions:
     :class:`~overparam_lit.callbacks.imp.IterativeMagnitudePruning`, which documents them).
 
     :attr:`sparsity` is the :class:`SparsitySchedule` they describe; with ``densities`` its number
-    of levels is the number of densities.
+    of levels is the number of densities. :attr:`output_mode` is ``output`` resolved (unset: ``own``
+    when ``output_fraction`` > 0, else ``dense``).
     """
 
     levels: int = 3
@@ -63,7 +65,13 @@ class ImpOptions:
     granularity: str = "unstructured"
     eval_splits: Sequence[str] = ("val", "test")
     save_final_weights: bool = True
+    pool_bias: bool = False
+    output: str | None = None
+    output_final_density: float | None = None
+    steps_per_level: int | None = None
+    replay_order: bool = False
     sparsity: SparsitySchedule = field(init=False, repr=False)
+    output_mode: str = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         dens = None if self.densities is None else tuple(self.densities)
@@ -89,15 +97,59 @@ class ImpOptions:
               list(self.eval_splits), "Use a subset of ['train', 'val', 'test'].")
         object.__setattr__(self, "rewind_step", int(step))
         object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
+        self._check_protocol()
 
-    def config(self, epochs_per_level: int | None) -> dict[str, Any]:
-        """``summary.json``'s ``config`` (``epochs_per_level`` as resolved for the fit)."""
+    def _check_protocol(self) -> None:
+        """Check the options that write a published protocol down: pooled biases, the output
+        layer's schedule, levels in steps."""
+        spl, out, ofd = self.steps_per_level, self.output, self.output_final_density
+        check(spl is None or (isinstance(spl, int) and not isinstance(spl, bool) and spl >= 1),
+              "steps_per_level must be a positive integer or null", spl,
+              "Set steps_per_level to the optimizer steps of one level, e.g. 1500, or leave it null.")
+        check(spl is None or self.epochs_per_level is None,
+              "a level is measured in epochs or in steps, not both", (self.epochs_per_level, spl),
+              "Set only one of epochs_per_level and steps_per_level.")
+        check(not self.pool_bias or self.prune_biases, "pool_bias needs prune_biases: true", self.pool_bias,
+              "Set prune_biases: true to prune each layer's bias in one pool with its weight.")
+        check(out is None or out in OUTPUT_MODES, "unknown output layer mode", out,
+              f"Use one of {OUTPUT_MODES} (dense: kept; schedule: pruned like the other layers; own: "
+              "its own rate, output_fraction or output_final_density).")
+        check(ofd is None or (isinstance(ofd, (int, float)) and 0.0 < ofd < 1.0),
+              "output_final_density must lie strictly between 0 and 1", ofd,
+              "Set it to the output layer's density at the last level, e.g. 0.2, or leave it null.")
+        own_rates = int(self.output_fraction > 0) + int(ofd is not None)
+        mode = out if out is not None else ("own" if own_rates else "dense")
+        check(mode == "own" or own_rates == 0, f"output: {mode} takes no own rate of the output layer",
+              (self.output_fraction, ofd), "Remove output_fraction/output_final_density, or set output: own.")
+        check(mode != "own" or own_rates == 1, "output: own needs exactly one own rate of the output layer",
+              (self.output_fraction, ofd), "Set output_fraction (geometric, per level) or "
+              "output_final_density (linear in the level), not both.")
+        check(self.granularity == "unstructured" or (mode == "dense" and not self.pool_bias),
+              "structured IMP keeps the output layer and the biases", (mode, self.pool_bias),
+              "Use granularity: unstructured, or output: dense and pool_bias: false.")
+        object.__setattr__(self, "output_mode", mode)
+
+    def output_density(self, level: int) -> float | None:
+        """The output layer's own density at ``level`` (``None`` unless ``output_mode`` is ``own``):
+        ``(1 - output_fraction) ** level``, or linear in the level to ``output_final_density``."""
+        if self.output_mode != "own":
+            return None
+        if self.output_final_density is not None:
+            return 1.0 - (1.0 - self.output_final_density) * level / self.sparsity.levels
+        return (1.0 - self.output_fraction) ** level
+
+    def config(self, epochs_per_level: int | None, steps_per_level: int | None = None) -> dict[str, Any]:
+        """``summary.json``'s ``config`` (the length of a level as resolved for the fit)."""
         sched = self.sparsity
         return {"levels": sched.levels, "schedule": sched.kind, "densities": sched.all(),
-                "fraction": sched.fraction, "epochs_per_level": epochs_per_level, "scope": self.scope,
-                "rewind": self.rewind, "rewind_step": self.rewind_step,
-                "output_fraction": self.output_fraction, "prune_biases": self.prune_biases,
-                "granularity": self.granularity}
+                "fraction": sched.fraction, "epochs_per_level": epochs_per_level,
+                "steps_per_level": steps_per_level, "scope": self.scope,
+                "rewind": self.rewind, "rewind_step": self.rewind_step, "output": self.output_mode,
+                "output_fraction": self.output_fraction, "output_final_density": self.output_final_density,
+                "output_densities": [self.output_density(lv) for lv in range(sched.levels + 1)]
+                if self.output_mode == "own" else None,
+                "prune_biases": self.prune_biases, "pool_bias": self.pool_bias,
+                "replay_order": self.replay_order, "granularity": self.granularity}
 
 
 @dataclass
@@ -158,6 +210,19 @@ def level_scalars(record: Mapping[str, Any]) -> dict[str, float]:
     return log
 
 
+def best_accuracies(best: Mapping[str, list[float]], metrics: Mapping[str, Tensor]) -> dict[str, list[float]]:
+    """``best`` updated with every ``*/acc`` of ``metrics`` (one value per member): the largest
+    value seen so far, per member."""
+    out = dict(best)
+    for key, values in metrics.items():
+        if not key.endswith("/acc"):
+            continue
+        vals = [float(v) for v in torch.as_tensor(values).reshape(-1)]
+        old = out.get(key)
+        out[key] = vals if old is None else [max(a, b) for a, b in zip(old, vals, strict=True)]
+    return out
+
+
 @dataclass
 class ImpLevels:
     """Level bookkeeping of IMP for a single model or a stack of ``num_members`` members.
@@ -173,6 +238,11 @@ class ImpLevels:
         groups: channel groups for structured pruning (single models): whole neurons and channels
             are pruned by norm, and :attr:`keep` holds the kept channels of every group.
         epochs_per_level: epochs of one level (:meth:`resolve_epochs`).
+        own_output: the output layer's own densities at levels ``0..levels`` (instead of
+            ``output_fraction``'s geometric rate).
+        pools: a pool name per pruned tensor: tensors of one pool share one threshold (a layer's
+            weight and bias with ``pool_bias``); ``None``: every tensor on its own.
+        steps_per_level: optimizer steps of one level, when levels are measured in steps.
 
     A model's names, members, structural masks and groups are filled in by :meth:`attach`.
     """
@@ -192,11 +262,17 @@ class ImpLevels:
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, list[float]] = field(default_factory=dict)
     epochs_per_level: int | None = None
+    own_output: tuple[float, ...] | None = None
+    pools: dict[str, str] | None = None
+    steps_per_level: int | None = None
 
     @classmethod
     def from_options(cls, opts: ImpOptions) -> ImpLevels:
         """Levels of IMP with ``opts``, not yet attached to a model (:meth:`attach`)."""
-        return cls(opts.sparsity, opts.scope, opts.output_fraction)
+        own = None
+        if opts.output_mode == "own":
+            own = tuple(float(opts.output_density(lv)) for lv in range(opts.sparsity.levels + 1))
+        return cls(opts.sparsity, opts.scope, 0.0, own_output=own)
 
     def attach(self, module: nn.Module, opts: ImpOptions) -> None:
         """Find what IMP prunes in ``module`` and start (density-1 masks, unless restored); a no-op
@@ -208,9 +284,11 @@ class ImpLevels:
         """
         if self.prunable is not None:
             return
-        targets = imp_targets(module, opts.output_layer, opts.output_fraction > 0, opts.prune_biases)
+        targets = imp_targets(module, opts.output_layer, opts.output_mode != "dense", opts.prune_biases)
         members, base, params = targets.num_members, targets.base, dict(module.named_parameters())
         self.output_names = [w.name for w in targets.weights if w.is_output]
+        if opts.pool_bias:
+            self.pools = {w.name: w.module_name for w in targets.weights}
         self.num_members, self.base = members, base
         masked = {w.name: params[w.name] for w in targets.weights}
         if opts.granularity == "structured":
@@ -228,13 +306,45 @@ class ImpLevels:
         self.start(masked)
         prunable = {w.name: params[w.name] for w in targets.weights}
         counts = [own_counts(prunable, base, i if members else None) for i in range(members or 1)]
-        opts.sparsity.check_counts(counts, layerwise=opts.scope == "layerwise")
+        pooled = [{"+".join(p): sum(c[n] for n in p) for p in pool_lists(c, self.pools)} for c in counts]
+        opts.sparsity.check_counts(pooled, layerwise=opts.scope == "layerwise")
         self.prunable = list(prunable)
 
+    def pool_names(self) -> list[list[str]]:
+        """The pools a level's densities are kept in (what random pruning draws within): the
+        global pool or each layer's (weight, with ``pool_bias`` its bias), and the output layer
+        when it has its own rate."""
+        names = list(self.prunable or self.masks or [])
+        own = set(self.own_densities(0))
+        if self.scope == "global":
+            main = [n for n in names if n not in own]
+            return ([main] if main else []) + pool_lists([n for n in names if n in own], self.pools)
+        return pool_lists(names, self.pools)
+
+    def own_densities(self, level: int) -> dict[str, float]:
+        """The output layer's tensors at their own density of ``level`` (empty when the output layer
+        is kept dense or pruned on the main schedule)."""
+        if self.own_output is not None:
+            return {n: self.own_output[level] for n in self.output_names}
+        if self.output_fraction > 0:
+            return {n: (1.0 - self.output_fraction) ** level for n in self.output_names}
+        return {}
+
     def resolve_epochs(self, max_epochs: int | None, max_steps: int | None, opts: ImpOptions) -> str | None:
-        """Fix the epochs of one level, unless restored: ``opts.epochs_per_level``, else the
-        trainer's ``max_epochs``; returns a note when the fit's ``max_epochs`` changes. A fit
-        limited by ``max_steps`` is refused (IMP runs whole levels)."""
+        """Fix the length of one level, unless restored: ``opts.steps_per_level`` or, without
+        ``epochs_per_level``, the trainer's ``max_steps`` (levels in optimizer steps); else
+        ``opts.epochs_per_level`` or the trainer's ``max_epochs``. Returns a note when the fit's
+        ``max_epochs``/``max_steps`` change."""
+        if self.steps_per_level is None and self.epochs_per_level is None and (
+                opts.steps_per_level is not None
+                or (opts.epochs_per_level is None and max_steps not in (None, -1))):
+            self.steps_per_level = int(opts.steps_per_level or max_steps)  # type: ignore[arg-type]
+            if max_steps not in (None, -1, self.steps_per_level, self.total_steps):
+                return (f"IMP sets max_steps to {self.total_steps} "
+                        f"({self.schedule.levels + 1} levels x {self.steps_per_level} steps).")
+            return None
+        if self.steps_per_level is not None:
+            return None
         note = None
         if self.epochs_per_level is None:
             epl = opts.epochs_per_level if opts.epochs_per_level is not None else max_epochs
@@ -245,32 +355,68 @@ class ImpLevels:
             if max_epochs not in (None, -1, self.epochs_per_level, self.total_epochs):
                 note = (f"IMP sets max_epochs to {self.total_epochs} "
                         f"({self.schedule.levels + 1} levels x {self.epochs_per_level} epochs).")
-        check(max_steps in (None, -1), "IMP runs whole levels, but trainer.max_steps is set",
-              max_steps, "Remove trainer.max_steps; IMP sets max_epochs = levels x epochs.")
+        check(max_steps in (None, -1), "IMP levels are set in epochs, but trainer.max_steps is set too",
+              max_steps, "Remove trainer.max_steps (IMP sets max_epochs = levels x epochs), or measure "
+              "levels in steps: remove epochs_per_level and set max_steps or steps_per_level per level.")
         return note
 
     @property
+    def total_steps(self) -> int:
+        """``(levels + 1) * steps_per_level`` once resolved (levels in steps)."""
+        assert self.steps_per_level is not None
+        return (self.schedule.levels + 1) * self.steps_per_level
+
+    def steps_of_level(self, num_batches: float, accumulate: int) -> int | None:
+        """Optimizer steps of one level (``None``: an epoch of unknown length)."""
+        if self.steps_per_level is not None:
+            return self.steps_per_level
+        if num_batches == float("inf"):
+            return None
+        return int(self.epochs_per_level or 0) * -(-int(num_batches) // max(1, accumulate))
+
+    def due_step(self, step: int) -> bool:
+        """Whether optimizer step ``step`` (about to be taken) belongs to a later level (levels in
+        steps only)."""
+        spl = self.steps_per_level
+        return spl is not None and self.level < self.schedule.levels and step // spl > self.level
+
+    def next_boundary(self, step: int) -> int | None:
+        """The first level boundary after step ``step`` (levels in steps only)."""
+        spl = self.steps_per_level
+        if spl is None:
+            return None
+        nxt = (step // spl + 1) * spl
+        return nxt if nxt < self.total_steps else None
+
+    @property
     def total_epochs(self) -> int:
-        """``(levels + 1) * epochs_per_level`` once resolved."""
+        """``(levels + 1) * epochs_per_level`` once resolved (-1, no limit, for levels in steps)."""
+        if self.steps_per_level is not None:
+            return -1
         assert self.epochs_per_level is not None
         return (self.schedule.levels + 1) * self.epochs_per_level
 
     def check_rewind_step(self, num_batches: float, accumulate: int, opts: ImpOptions) -> None:
         """Refuse a ``rewind_step`` past the end of a level of ``num_batches`` batches per epoch."""
-        if num_batches != float("inf"):
-            per_level = int(self.epochs_per_level or 0) * -(-int(num_batches) // max(1, accumulate))
+        per_level = self.steps_of_level(num_batches, accumulate)
+        if per_level is not None:
             check(opts.rewind_step <= per_level, "rewind_step is past the end of a level", opts.rewind_step,
                   f"A level has {per_level} optimizer steps; choose rewind_step <= {per_level}.")
 
     def due(self, epoch: int) -> bool:
-        """Whether training epoch ``epoch`` (0-based, about to start) belongs to a later level."""
+        """Whether training epoch ``epoch`` (0-based, about to start) belongs to a later level
+        (levels in epochs only)."""
+        if self.steps_per_level is not None:
+            return False
         assert self.epochs_per_level is not None
         return epoch // self.epochs_per_level > self.level
 
-    def unfinished(self, epochs_done: int) -> bool:
-        """Whether the current level has run all its epochs but has no record yet."""
-        assert self.epochs_per_level is not None
+    def unfinished(self, epochs_done: int, steps_done: int = 0) -> bool:
+        """Whether the current level has run all its epochs (or steps) but has no record yet."""
         done = {h["level"] for h in self.history}
+        if self.steps_per_level is not None:
+            return steps_done >= (self.level + 1) * self.steps_per_level and self.level not in done
+        assert self.epochs_per_level is not None
         return epochs_done >= (self.level + 1) * self.epochs_per_level and self.level not in done
 
     def wants_snapshot(self, step: int, opts: ImpOptions) -> bool:
@@ -351,11 +497,8 @@ class ImpLevels:
             density = self.schedule.density(level)
             self.keep = prune_channels(self.groups, weights, self.keep, density, self.scope)
             return group_masks(self.groups, weights, self.keep)
-        own = {}
-        if self.output_fraction > 0:
-            own = {n: (1.0 - self.output_fraction) ** level for n in self.output_names}
-        return prune_members(weights, self.masks, self.schedule.density(level), self.scope, own,
-                             self.base, self.num_members)
+        return prune_members(weights, self.masks, self.schedule.density(level), self.scope,
+                             self.own_densities(level), self.base, self.num_members, self.pools)
 
     def advance(self, masks: Mapping[str, Tensor]) -> None:
         """Enter the next level with ``masks``."""
@@ -365,12 +508,7 @@ class ImpLevels:
 
     def observe(self, metrics: Mapping[str, Tensor]) -> None:
         """Keep the best value of each accuracy seen during the level (per member)."""
-        for key, values in metrics.items():
-            if not key.endswith("/acc"):
-                continue
-            vals = [float(v) for v in torch.as_tensor(values).reshape(-1)]
-            old = self.best.get(key)
-            self.best[key] = vals if old is None else [max(a, b) for a, b in zip(old, vals, strict=True)]
+        self.best = best_accuracies(self.best, metrics)
 
     def record(self, final: Mapping[str, Tensor], member_rows: Sequence[Mapping[str, Any]],
                epoch: int, step: int) -> dict[str, Any]:
@@ -391,7 +529,7 @@ class ImpLevels:
             vals = [e[k] for e in per_member if isinstance(e.get(k), (int, float))]
             if vals:
                 record[k] = sum(vals) / len(vals)
-        record.update({"epoch": epoch, "global_step": step})
+        record.update({"epoch": epoch, "global_step": step, "pools": self.pool_names()})
         if self.num_members is not None:
             record["members"] = per_member
         self.history = [h for h in self.history if h["level"] != self.level] + [record]
@@ -407,7 +545,7 @@ class ImpLevels:
         """What a checkpoint needs to resume the run exactly."""
         return {"level": self.level, "masks": self.masks, "snapshot": self.snapshot,
                 "history": self.history, "best": self.best, "keep": self.keep,
-                "epochs_per_level": self.epochs_per_level}
+                "epochs_per_level": self.epochs_per_level, "steps_per_level": self.steps_per_level}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -419,3 +557,5 @@ class ImpLevels:
         self.keep = state.get("keep")
         if state.get("epochs_per_level") is not None:
             self.epochs_per_level = int(state["epochs_per_level"])
+        if state.get("steps_per_level") is not None:
+            self.steps_per_level = int(state["steps_per_level"])

@@ -46,6 +46,7 @@ def magnitude_prune(
     scope: Scope = "global",
     own_density: Mapping[str, float] | None = None,
     numel: Mapping[str, int] | None = None,
+    pools: Mapping[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """New masks that keep the largest-magnitude surviving weights.
 
@@ -64,30 +65,87 @@ def magnitude_prune(
         own_density: per-layer target densities for layers pruned at their own rate.
         numel: per-layer counts of the *original* entries (default: the tensors' sizes); a
             padded member of a stack counts only its own entries.
+        pools: tensors pruned together, by a pool name per tensor (e.g. a layer's weight and bias
+            under the layer's name): one threshold over the pool's entries wherever the tensor
+            alone would have its own (``layerwise`` and ``own_density``, which must then be equal
+            within a pool). Default: every tensor is its own pool.
     """
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; use one of {SCOPES}")
     own = dict(own_density or {})
     size = {n: int(numel[n]) if numel is not None else masks[n].numel() for n in weights}
+    rest = [n for n in weights if n not in own]
+    targets = [([n], own[n]) for n in own if n in weights]
+    if scope == "layerwise":
+        targets += [([n], density) for n in rest]
+    elif rest:
+        targets.append((rest, density))  # one global pool, never split
     new: dict[str, Tensor] = {}
-    pool = [n for n in weights if n not in own]
-    layerwise = {n: density for n in pool} if scope == "layerwise" else {}
-    layerwise.update(own)
-    for name, dens in layerwise.items():
-        w, m = weights[name], masks[name]
-        flat = _keep_largest(w.detach().abs().flatten(), m.flatten(), kept_count(size[name], dens))
-        new[name] = flat.view_as(m)
-    if scope == "global" and pool:
-        scores = torch.cat([weights[n].detach().abs().flatten().float() for n in pool])
-        alive = torch.cat([masks[n].flatten() for n in pool])
-        total = sum(size[n] for n in pool)
-        flat = _keep_largest(scores, alive, kept_count(total, density))
+    for names, dens in _pooled(targets, pools, scope == "global"):
+        flat = _keep_largest(torch.cat([weights[n].detach().abs().flatten().float() for n in names]),
+                             torch.cat([masks[n].flatten() for n in names]),
+                             kept_count(sum(size[n] for n in names), dens))
         start = 0
-        for n in pool:
-            size = masks[n].numel()
-            new[n] = flat[start : start + size].view_as(masks[n])
-            start += size
+        for n in names:
+            new[n] = flat[start : start + masks[n].numel()].view_as(masks[n])
+            start += masks[n].numel()
     return {n: new[n] for n in weights}
+
+
+def _pooled(targets: list[tuple[list[str], float]], pools: Mapping[str, str] | None, glob: bool
+            ) -> list[tuple[list[str], float]]:
+    """Merge the single-tensor ``targets`` that share a pool name (the global pool stays whole)."""
+    if not pools:
+        return targets
+    merged: dict[str, tuple[list[str], float]] = {}
+    out: list[tuple[list[str], float]] = []
+    for names, dens in targets:
+        if len(names) > 1 or names[0] not in pools:
+            out.append((names, dens))
+            continue
+        key = pools[names[0]]
+        if key in merged:
+            if merged[key][1] != dens:
+                raise ValueError(f"pool {key!r} mixes densities {merged[key][1]} and {dens}; "
+                                 "give every tensor of a pool the same own density")
+            merged[key][0].append(names[0])
+        else:
+            merged[key] = ([names[0]], dens)
+            out.append(merged[key])
+    return out
+
+
+def pool_lists(names: Iterable[str], pools: Mapping[str, str] | None) -> list[list[str]]:
+    """``names`` grouped by pool name, in first-seen order (a tensor without one is its own pool)."""
+    groups: dict[str, list[str]] = {}
+    for n in names:
+        groups.setdefault((pools or {}).get(n, "\0" + n), []).append(n)
+    return list(groups.values())
+
+
+def random_pool_masks(masks: Mapping[str, Tensor], pools: Iterable[Iterable[str]], generator: torch.Generator,
+                      within: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Random pruning: in every pool (a list of tensor names), as many entries kept as ``masks``
+    keep there, at positions drawn uniformly over the whole pool (among the ``within`` entries of
+    each tensor when given). A tensor in no pool is a pool of its own."""
+    listed = [[n for n in pool if n in masks] for pool in pools]
+    seen = {n for pool in listed for n in pool}
+    listed = [p for p in listed if p] + [[n] for n in masks if n not in seen]
+    out = {}
+    for names in listed:
+        keep = sum(int(masks[n].sum()) for n in names)
+        allowed = torch.cat([(torch.ones_like(masks[n]) if within is None or n not in within
+                              else within[n].to(masks[n].device)).flatten().bool() for n in names])
+        pool = allowed.nonzero().flatten()
+        kept = min(keep, pool.numel())
+        idx = pool[torch.randperm(pool.numel(), generator=generator)[:kept].to(pool.device)]
+        flat = torch.zeros(allowed.numel(), dtype=torch.bool, device=allowed.device)
+        flat[idx] = True
+        start = 0
+        for n in names:
+            out[n] = flat[start : start + masks[n].numel()].view_as(masks[n])
+            start += masks[n].numel()
+    return {n: out[n] for n in masks}
 
 
 def prune_remaining(

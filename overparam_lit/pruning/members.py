@@ -54,19 +54,21 @@ def prune_members(
     own_density: Mapping[str, float] | None = None,
     base: Mapping[str, Tensor] | None = None,
     num_members: int | None = None,
+    pools: Mapping[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """Magnitude pruning of every member on its own (``num_members=None``: one single model).
 
     Member ``i`` keeps the largest-magnitude survivors of its own weights, ``density`` of its own
     entries (globally across its layers, or per layer), exactly as :func:`magnitude_prune` prunes
-    the single model that member ``i`` is.
+    the single model that member ``i`` is. ``pools`` names tensors pruned together
+    (:func:`~overparam_lit.pruning.masks.magnitude_prune`).
     """
     if num_members is None:
-        return magnitude_prune(weights, masks, density, scope, own_density)
+        return magnitude_prune(weights, masks, density, scope, own_density, pools=pools)
     parts = []
     for i in range(num_members):
         parts.append(magnitude_prune(member(weights, i), member(masks, i), density, scope, own_density,
-                                     numel=own_counts(masks, base, i)))
+                                     numel=own_counts(masks, base, i), pools=pools))
     return {n: torch.stack([p[n] for p in parts]) for n in weights}
 
 

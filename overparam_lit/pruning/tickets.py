@@ -18,11 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from overparam_lit.pruning.binding import Masks, load_tensors, structural_masks
-from overparam_lit.pruning.masks import random_masks_like
+from overparam_lit.pruning.masks import random_masks_like, random_pool_masks
 from overparam_lit.pruning.members import member_reports
 from overparam_lit.utils import ConfigError, check
 
-TICKET_MODES = ("ticket", "random_reinit", "random_mask", "perturb_rest")
+TICKET_MODES = ("ticket", "random_reinit", "random_mask", "random_prune", "perturb_rest")
 
 
 @dataclass
@@ -148,7 +148,12 @@ def start_from_ticket(
     Modes:
         ``ticket``: rewind state with the ticket's mask (Frankle & Carbin's winning ticket).
         ``random_reinit``: the same mask on a fresh initialisation.
-        ``random_mask``: the rewind state with a random mask of the same per-layer density.
+        ``random_mask``: the rewind state with a random mask of the ticket's per-tensor densities
+            (what the ticket keeps dense, e.g. an output layer or biases, stays dense).
+        ``random_prune``: random pruning: the rewind state with a random mask drawn under IMP's own
+            scope and schedule, as many entries kept in every pruning pool as the ticket keeps
+            there (the global pool, or each layer's), at uniform positions within the pool (the
+            pools are the ticket's ``metrics.json`` ``pools``).
         ``perturb_rest``: the *dense* net (no mask is returned): the ticket's surviving weights
             at their rewind values, every pruned weight re-drawn from a fresh initialisation
             (``sigma is None``) or set to its rewind value plus ``sigma * std(layer) * N(0, 1)``.
@@ -186,6 +191,18 @@ def start_from_ticket(
                      for mi, g, o in zip(parts(m), gens, owns, strict=True)]
             new[n] = torch.stack(drawn) if stacked else drawn[0]
         masks = new
+    elif mode == "random_prune":
+        pools = ticket.meta.get("pools")
+        check(isinstance(pools, list) and bool(pools), "the ticket's metrics.json lists no pruning pools",
+              pools, "Use a ticket written by this version of IterativeMagnitudePruning (its level's "
+              "metrics.json lists 'pools'), or the control random_mask.")
+        names = list(ticket.masks)
+        owns = {n: parts(base[n]) for n in names if base is not None and n in base}
+        drawn = []
+        for i, g in enumerate(gens):
+            mine = {n: parts(ticket.masks[n])[i] for n in names}
+            drawn.append(random_pool_masks(mine, pools, g, {n: o[i] for n, o in owns.items()} or None))
+        masks = {n: torch.stack([d[n] for d in drawn]) if stacked else drawn[0][n] for n in names}
     elif mode == "perturb_rest":
         redrawn = fresh() if sigma is None else None
         for name, m in ticket.masks.items():
