@@ -33,6 +33,7 @@ from typing_extensions import override
 
 from overparam_lit import stopping
 from overparam_lit.compat import mark_epoch_boundary, save_checkpoints_now
+from overparam_lit.models.steps import StepAwareCallback
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import atomic_write, fsync_deferred, fsync_path
 
@@ -123,7 +124,7 @@ def resumes_after_stop(trainer: L.Trainer, exception: BaseException) -> bool:
     return stopped and any(isinstance(cb, RunCheckpoint) for cb in trainer.checkpoint_callbacks)
 
 
-class StopOnSignal(L.Callback):
+class StopOnSignal(StepAwareCallback):
     """Stops a fit at the next optimizer step boundary once SIGTERM, SIGUSR1 or SIGUSR2 arrived
     (the signals a scheduler sends before or at a time limit), by raising
     :class:`~overparam_lit.stopping.StopRequested`; the CLI then exits with
@@ -133,7 +134,8 @@ class StopOnSignal(L.Callback):
     epoch) is made durable, and ``metrics.csv`` and ``members.csv`` are cut back to its rows
     (:meth:`~overparam_lit.loggers.CheckpointedCSV.rewind`). The steps after it run again on
     resume, so the resumed rows and weights equal an uninterrupted run's. Under DDP the ranks
-    agree at each step boundary (one ``all_reduce``) and stop together.
+    agree at each step boundary (one ``all_reduce``) and stop together. Inside a call of several
+    optimizer steps (``--model.steps_per_call``) it checks after every step.
 
     The handlers replace Lightning's SIGTERM handling once training starts (which would end the
     fit with exit code 0 at the next batch) and its SLURM auto-requeue on SIGUSR1 (this fit does
@@ -158,6 +160,10 @@ class StopOnSignal(L.Callback):
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
+        self.stop_if_requested(trainer)
+
+    @override
+    def on_optimizer_step_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.stop_if_requested(trainer)
 
     @override

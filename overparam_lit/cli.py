@@ -1254,7 +1254,8 @@ class OverparamCLI(LightningCLI):
             if run is not None:
                 run.summary.update(summary)
                 run.finish()
-        print_run_summary(self.run_folder, summary, getattr(self, "wandb_mode", "disabled") == "offline")
+        print_run_summary(self.run_folder, summary, getattr(self, "wandb_mode", "disabled") == "offline",
+                          growth=getattr(self.model, "loss_growth", None))
 
     # ---- cleanup ---------------------------------------------------------------------------------
     def release(self) -> None:
@@ -1262,6 +1263,7 @@ class OverparamCLI(LightningCLI):
         folder that stayed empty because the launch was refused."""
         if self.lock is not None:
             self.lock.release()
+        stopping.uninstall()
         for key, old in self._set_env.items():
             if old is None:
                 os.environ.pop(key, None)
@@ -1298,8 +1300,10 @@ _TRAINER_KEYS = ("accelerator", "devices", "strategy", "num_nodes", "precision",
                  "plugins", "fast_dev_run")
 
 
-def print_run_summary(folder: RunFolder, summary: Mapping[str, float], offline: bool) -> None:
-    """Print where a finished run lies, its final metrics and how to look at them."""
+def print_run_summary(folder: RunFolder, summary: Mapping[str, float], offline: bool,
+                      growth: Mapping[str, float] | None = None) -> None:
+    """Print where a finished run lies, its final metrics and how to look at them; ``growth``
+    (the module's ``loss_growth``) adds a warning that the training loss grew over a million-fold."""
     keys = [("train", "final/train_acc", "final/train_loss"), ("val", "final/val_acc", "final/val_loss"),
             ("test", "final/test_acc", "final/test_loss")]
     parts = []
@@ -1317,6 +1321,13 @@ def print_run_summary(folder: RunFolder, summary: Mapping[str, float], offline: 
         lines.append(f"Best val/acc {summary['best/val_acc']:.4f} (epoch {epoch})" if epoch > 0
                      else f"Best val/acc {summary['best/val_acc']:.4f}")
     lines += width_table(folder)
+    if growth:
+        member = f" of member {int(growth['member'])}" if growth.get("member") else ""
+        lines.append(
+            f"Warning: the training loss{member} grew {growth['ratio']:.3g}-fold over its first step's "
+            f"value ({growth['first']:.4g} -> {growth['loss']:.4g} in epoch {int(growth['epoch']) + 1}): "
+            "training diverged without reaching NaN. Lower the learning rate, or add warm-up or "
+            "gradient clipping.")
     lines.append(f"Metrics: {folder.metrics_csv} (one row per logging step; "
                  "overparam_lit.studies.read_metrics_csv reads it)")
     runs = folder.wandb_offline_runs()
@@ -1451,6 +1462,16 @@ def _report(argv: list[str]) -> int | None:
 register_command("sweep", _sweep, "run a study config's grid of fits (packed into member fits), resumable")
 register_command("plot", _plot, "draw one figure of finished runs or a sweep and print its numbers as JSON")
 register_command("report", _report, "write one self-contained HTML page of every figure of a sweep folder")
+
+
+def _reproductions(argv: list[str]) -> int | None:
+    from overparam_lit.studies.reproductions import main as reproductions_main
+
+    return reproductions_main(argv)
+
+
+register_command("reproductions", _reproductions,
+                 "the table of every published number the README or a config quotes, beside its study's")
 
 
 def stop_message(stop: BaseException) -> str:

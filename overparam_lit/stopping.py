@@ -21,7 +21,8 @@ import signal
 import threading
 
 __all__ = ["REQUEUE_EXIT_CODE", "STOP_SIGNALS", "StopRequested", "check", "clear", "install",
-           "installed", "local_checks", "requested", "signal_name"]
+           "installed", "local_checks", "requested", "signal_name",
+           "uninstall"]
 
 REQUEUE_EXIT_CODE = 75
 """Exit code of a fit stopped by a signal: ``EX_TEMPFAIL`` of ``sysexits.h`` ("try again
@@ -31,6 +32,7 @@ itself on it (``[ $? -eq 75 ] && scontrol requeue $SLURM_JOB_ID``)."""
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
 _state: dict[str, object] = {"signum": None, "local": True}
+_previous: dict[int, object] = {}  # the handlers before the first install()
 
 
 class StopRequested(BaseException):
@@ -64,8 +66,20 @@ def install() -> bool:
     if threading.current_thread() is not threading.main_thread():
         return False
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _record)
+        previous = signal.signal(signum, _record)
+        if previous is not _record:
+            _previous.setdefault(int(signum), previous)
     return True
+
+
+def uninstall() -> None:
+    """Put back the handlers that were in place before the first :func:`install` (the CLI does
+    this when a fit ends, so a process that ran a fit in-line dies on SIGTERM again)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum, handler in list(_previous.items()):
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
+    _previous.clear()
 
 
 def installed() -> bool:

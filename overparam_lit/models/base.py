@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
-from overparam_lit import pruning, stopping
+from overparam_lit import pruning
 from overparam_lit.compat import (
     cheap_cuda_checks,
     count_inner_steps,
@@ -69,6 +69,11 @@ class RunningSums(Metric):
 
 class TrainingDiverged(ConfigError):
     """The training loss became NaN or infinite."""
+
+
+LOSS_GROWTH_LIMIT = 1e6
+"""A training loss this many times its first step's value is reported as a divergence that has
+not (yet) reached NaN (Adam at lr 1e10 stays finite at 1e34)."""
 
 
 def _default_optimizer(params: object) -> torch.optim.Optimizer:
@@ -200,6 +205,8 @@ class OverparamModule(L.LightningModule):
         self._steps: dict[str, list[tuple[Tensor, int, Tensor | None, int]]] = {}  # the epoch's steps
         self.trained_to: tuple[int, int] | None = None  # (epoch, step) of a loaded checkpoint
         self._first_bad: dict[int, int] = {}  # member -> first step with a non-finite loss
+        self.first_loss: Tensor | None = None  # (M,) training loss of the fit's first step
+        self.loss_growth: dict[str, float] | None = None  # the largest growth over LOSS_GROWTH_LIMIT
 
     # ---- the one method a new study overrides -------------------------------------------
     def build_network(self) -> nn.Module:
@@ -413,7 +420,17 @@ class OverparamModule(L.LightningModule):
         # a step only keeps references; the epoch's counts and sums are made once, when read
         step = self.trainer.global_step if split == "train" else 0
         self._steps.setdefault(split, []).append((losses.detach(), x.shape[0], pred, y, y_true, step))
+        if split == "train":
+            self._watch_loss(losses.detach(), step)
         return losses.sum()
+
+    def _watch_loss(self, losses: Tensor, step: int) -> None:
+        """Keep the first step's losses, and stop at the step where every member's loss is NaN or
+        infinite (one process; under DDP the epoch's end stops, where all ranks agree)."""
+        if self.first_loss is None:
+            self.first_loss = losses.clone()
+        if self.trainer.world_size == 1 and not bool(torch.isfinite(losses).any()):
+            self._diverged(step)
 
     def _drain(self, split: str) -> None:
         """Sum the recorded steps of ``split`` into its metric (and note diverged members)."""
@@ -468,6 +485,8 @@ class OverparamModule(L.LightningModule):
             logs[key] = ok.mean().float()
         if self.members is not None and split == "train":
             logs["members/diverged"] = float((~finite).sum())
+        if split == "train":
+            self._note_growth(per_member["train/loss"])
         # metrics are already reduced over ranks
         self.log_dict(logs, sync_dist=False, rank_zero_only=True)
 
@@ -562,7 +581,6 @@ class OverparamModule(L.LightningModule):
                 for cb in hooks["on_optimizer_step_end"]:
                     cb.on_optimizer_step_end(trainer, self)
                 self._structure.apply_()
-                stopping.check()  # a stop signal ends the call at this step (single process)
             if ddp is not None:  # the call's last backward is Lightning's, prepared by DDP itself
                 settle_ddp_buckets(ddp)
         return self._step(next(batches), "train")
@@ -579,19 +597,48 @@ class OverparamModule(L.LightningModule):
         if not bad:
             return
         if self.members is None or len(bad) == self.num_members:
-            step = min(self._first_bad.values())
-            who = "" if self.members is None else f" for every member (first: member {bad[0]})"
-            raise TrainingDiverged(
-                f"the training loss became NaN or infinite at step {step} (epoch "
-                f"{self.trainer.current_epoch}){who}. Lower the learning rate (the optimizer's lr), "
-                "add warm-up or gradient clipping, or check the data for non-finite values; the "
-                "last checkpoint before the divergence is in the run folder's checkpoints/.")
+            self._diverged(max(self._first_bad.values()))
         new = [i for i in bad if i not in getattr(self, "_reported_bad", set())]
         if new:
             self._reported_bad = set(bad)
             rank_zero_warn(f"members {new} diverged (NaN or infinite loss from steps "
                            f"{[self._first_bad[i] for i in new]}); the others keep training and the "
                            "logged means leave diverged members out (members/diverged counts them).")
+
+    def _diverged(self, step: int) -> None:
+        """Raise :class:`TrainingDiverged` for ``step``, naming the last checkpoint before it (a
+        checkpoint of an earlier epoch, all finite) or saying that there is none."""
+        self._drain("train")  # the members' first non-finite steps
+        who = ""
+        if self.members is not None:
+            first = min(self._first_bad, key=self._first_bad.get) if self._first_bad else 0
+            who = f" for every member (first: member {first} at step {self._first_bad.get(first, step)})"
+        from overparam_lit.runfolder import RunFolder
+
+        ckpt = RunFolder(self.trainer.default_root_dir).newest_intact_checkpoint()
+        where = (f"the last checkpoint before it is {ckpt} (its weights are finite)" if ckpt is not None
+                 else "no checkpoint was written before it (the first is made when the first "
+                      "epoch ends), so none holds a finite state")
+        raise TrainingDiverged(
+            f"the training loss became NaN or infinite at step {step} (epoch "
+            f"{self.trainer.current_epoch}){who}; the fit stopped at that step and {where}. Lower "
+            "the learning rate (the optimizer's lr), add warm-up or gradient clipping, or check the "
+            "data for non-finite values.")
+
+    def _note_growth(self, losses: Tensor) -> None:
+        """Remember a training loss that grew over :data:`LOSS_GROWTH_LIMIT` times its first value
+        (the end-of-fit summary warns about it)."""
+        if self.first_loss is None:
+            return
+        first = self.first_loss.to(losses)
+        ok = torch.isfinite(losses) & (first > 0)
+        if not bool(ok.any()):
+            return
+        ratio = torch.where(ok, losses / first.clamp_min(torch.finfo(first.dtype).tiny), 0)
+        i = int(ratio.argmax())
+        if float(ratio[i]) > LOSS_GROWTH_LIMIT and float(ratio[i]) > (self.loss_growth or {}).get("ratio", 0):
+            self.loss_growth = {"ratio": float(ratio[i]), "first": float(first[i]), "loss": float(losses[i]),
+                                "epoch": float(self.trainer.current_epoch), "member": float(i)}
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
@@ -647,6 +694,8 @@ class OverparamModule(L.LightningModule):
         and a widened network can be rebuilt before its weights load."""
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["model_width"] = self.width
+        if self.first_loss is not None:  # the reference of the loss-growth warning
+            checkpoint["first_train_loss"] = self.first_loss.double().cpu().tolist()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A checkpoint of a network widened during its fit (the ``Widen`` callback) holds larger
@@ -654,6 +703,8 @@ class OverparamModule(L.LightningModule):
         (Lightning loads the weights after this hook, in a resume and in ``load_from_checkpoint``).
         The checkpoint's epoch and step are kept as :attr:`trained_to` (a test of it reports them)."""
         self.trained_to = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
+        if checkpoint.get("first_train_loss") is not None:
+            self.first_loss = torch.tensor(checkpoint["first_train_loss"], dtype=torch.float64)
         state = checkpoint.get("state_dict") or {}
         saved = {k[len("net."):]: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
         mine = {n: tuple(t.shape) for n, t in [*self.net.named_parameters(), *self.net.named_buffers()]}
