@@ -1415,13 +1415,15 @@ class _DropTips(logging.Filter):
 
 def quiet_console() -> None:
     """Drop console noise that says nothing about the run: Lightning's advertisement tips, the
-    ``log_every_n_steps`` warning (the modules log per epoch) and a deprecation warning Lightning
-    raises inside torch's pytree."""
+    ``log_every_n_steps`` warning (the modules log per epoch), a deprecation warning Lightning
+    raises inside torch's pytree, and its hint to prepend ``srun`` that every fit outside SLURM
+    prints on a machine where SLURM is installed (a login node)."""
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     if not any(isinstance(f, _DropTips) for f in log.filters):
         log.addFilter(_DropTips())
     warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 
 def _help_with_commands() -> None:
