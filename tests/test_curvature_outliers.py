@@ -35,7 +35,7 @@ def test_rules_on_exact_eigenvalues_of_a_spiked_matrix() -> None:
     # equal spikes: both rules see them
     top = np.sort(np.linalg.eigvalsh(spiked(300, np.full(5, 10.0) + np.arange(5))))[::-1][:20]
     assert outliers_above_gap(top) == 5 and count_outliers(top) == 5
-    # no spike: the top of a Wishart bulk has no gap of 1.5
+    # no spike: the top of a Wishart bulk has no gap of 1.3
     top = np.sort(np.linalg.eigvalsh(spiked(300, np.zeros(0))))[::-1][:20]
     assert gap_ratios(top).max() < 1.2 and outliers_above_gap(top) == 0
 
@@ -51,7 +51,7 @@ def test_rule_on_lanczos_top_k_matches_the_exact_count() -> None:
 
 def test_gap_rule_edge_cases() -> None:
     assert outliers_above_gap(np.r_[5.0]) == 0 and outliers_above_gap(np.zeros(0)) == 0
-    # negative and zero eigenvalues are not part of the count; the last gap of at least 1.5 wins
+    # negative and zero eigenvalues are not part of the count; the last gap of at least 1.3 wins
     assert outliers_above_gap(np.r_[-3.0, 0.0, 1.0, 1.1, 4.0, 10.0]) == 2
     assert outliers_above_gap(np.r_[10.0, 4.0, 1.1, 1.0], ratio=3.0) == 2
     assert outliers_above_gap(np.r_[10.0, 9.0, 8.5], ratio=3.0) == 0

@@ -4,8 +4,8 @@ Both rules read the top-k eigenvalues of one probe (Lanczos), sorted in descendi
 only the positive ones.
 
 * :func:`outliers_above_gap` (the rule the Hessian figure counts with): the outliers end at the
-  **last** ratio gap ``lambda_m / lambda_{m+1} >= ratio`` among the top k, and there are none when
-  no consecutive pair is that far apart. At the top of a continuous bulk consecutive eigenvalues
+  **last** ratio gap ``lambda_m / lambda_{m+1} >= ratio`` (default 1.3) among the top k, and there
+  are none when no consecutive pair is that far apart. At the top of a continuous bulk consecutive eigenvalues
   are dense (their ratio tends to 1 as the dimension grows), so the bulk edge leaves the last
   large gap; gaps *among* the outliers can be larger or smaller than it, which is why the largest
   gap may stop inside them. The count is at most ``k - 1`` (a gap must be seen inside the top k).
@@ -24,8 +24,10 @@ import numpy as np
 
 from overparam_lit.utils import check
 
-DEFAULT_GAP_RATIO = 1.5
-"""The smallest ratio ``lambda_m / lambda_{m+1}`` that separates outliers from the bulk."""
+DEFAULT_GAP_RATIO = 1.3
+"""The smallest ratio ``lambda_m / lambda_{m+1}`` that separates outliers from the bulk: above the
+largest consecutive ratio at the top of a Wishart bulk of dimension 300 (under 1.2, tested) and of
+the bulk of the MNIST-1D MLPs' Hessians (about 1.05-1.2 below their outliers)."""
 
 
 def positive_descending(eigenvalues: np.ndarray) -> np.ndarray:

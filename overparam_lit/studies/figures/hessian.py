@@ -14,7 +14,7 @@ from overparam_lit.utils import check
 
 
 def outliers(top: np.ndarray) -> int:
-    """Outliers above the bulk among the top-k eigenvalues: the last ratio gap of at least 1.5
+    """Outliers above the bulk among the top-k eigenvalues: the last ratio gap of at least 1.3
     (:func:`overparam_lit.curvature.outliers_above_gap`)."""
     from overparam_lit.curvature import outliers_above_gap
 
@@ -30,7 +30,7 @@ def outliers_largest_gap(top: np.ndarray) -> int:
     return int(count_outliers(top, max_count=max(1, top.size - 1))) if top.size else 0
 
 
-OUTLIER_RULE = "last ratio gap lambda_m / lambda_(m+1) >= 1.5 among the top k (0 without one)"
+OUTLIER_RULE = "last ratio gap lambda_m / lambda_(m+1) >= 1.3 among the top k (0 without one)"
 
 
 def spearman(x: list[float], y: list[float]) -> float | None:
@@ -183,7 +183,7 @@ def draw(summary: dict[str, Any], rows: list[dict[str, Any]], title: str) -> Any
     ax[3].invert_xaxis()
     ax[3].set_xlabel("training loss at the probe (training goes right)")
     ax[3].set_ylabel("outliers above the bulk")
-    ax[3].set_title("outliers over training (last gap >= 1.5)", fontsize=9)
+    ax[3].set_title("outliers over training (last gap >= 1.3)", fontsize=9)
     if classes:
         ax[3].legend(fontsize=7)
     return titled(fig, title, ax, fontsize=10)
