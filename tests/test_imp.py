@@ -183,8 +183,9 @@ def test_bad_setups_refused_before_training(tmp_path, fit):
     model = _NoLinear(input_shape=(8,), num_classes=4)
     with pytest.raises(ConfigError, match="no prunable weights"):
         fit(tmp_path / "b", IterativeMagnitudePruning(levels=1), model=model, extra=[counter])
-    with pytest.raises(ConfigError, match="max_steps"):
-        fit(tmp_path / "c", IterativeMagnitudePruning(levels=1), extra=[counter], max_steps=3)
+    with pytest.raises(ConfigError, match="levels are set in epochs, but trainer.max_steps is set"):
+        fit(tmp_path / "c", IterativeMagnitudePruning(levels=1, epochs_per_level=1), extra=[counter],
+            max_steps=3)
     assert counter.steps == 0
 
 

@@ -42,10 +42,14 @@ class TicketStart(MaskedTraining):
         sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
         seed: seed of the controls' draws (combined with each member's seed).
         eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
+        lift: parts of the ticket kept dense before the mode applies (an ablation): ``biases``
+            and/or ``output`` (the output layer); random pruning then keeps the ticket's counts in
+            the rest of each pool. Listed in ``ticket_start.json`` and ``ticket_result.json``.
     """
 
     def __init__(self, ticket: str | None = None, mode: str = "ticket", sigma: float | None = None,
-                 seed: int = 0, eval_splits: Sequence[str] = ("val", "test")) -> None:
+                 seed: int = 0, eval_splits: Sequence[str] = ("val", "test"),
+                 lift: Sequence[str] = ()) -> None:
         super().__init__()
         check(bool(ticket), "TicketStart needs a ticket folder", ticket,
               "Set ticket to an IMP level folder, e.g. runs/<run>/imp/level_08.")
@@ -55,6 +59,12 @@ class TicketStart(MaskedTraining):
               "Set sigma to a perturbation scale, or null to re-draw the rest from a fresh init.")
         check(sigma is None or mode == "perturb_rest", "sigma only applies to mode 'perturb_rest'",
               (mode, sigma), "Remove sigma or use mode: perturb_rest.")
+        lift = [lift] if isinstance(lift, str) else list(lift)
+        check(set(lift) <= set(pruning.LIFTS), "unknown part of a ticket to keep dense", lift,
+              f"Use some of {pruning.LIFTS}, e.g. lift: [biases, output].")
+        check(mode != "perturb_rest" or not lift, "lift does not apply to mode 'perturb_rest' (a dense net)",
+              lift, "Remove lift or choose another mode.")
+        self.lift = sorted(set(lift))
         self.ticket, self.mode, self.sigma, self.seed = str(ticket), mode, sigma, int(seed)
         self.eval_splits = tuple(eval_splits)
         self._started = False
@@ -67,12 +77,18 @@ class TicketStart(MaskedTraining):
             return
         ticket = pruning.load_ticket(self.ticket)
         pruning.check_ticket(ticket, pl_module)
+        if self.lift:
+            net = getattr(pl_module, "net", pl_module)
+            out = pruning.output_layer_name(net)
+            prefix = "net." if net is not pl_module else ""
+            ticket = pruning.lift_ticket(ticket, self.lift, None if out is None else prefix + out,
+                                         pruning.structural_masks(pl_module))
         rows = pl_module.member_rows() if hasattr(pl_module, "member_rows") else [{"seed": 0}]
         seeds = [control_seed(self.seed, r["seed"]) for r in rows]
         self.masks, info = pruning.start_module(pl_module, ticket, self.mode, self.sigma, seeds)
         self._started = True
         self._info = {"ticket": self.ticket, "mode": self.mode, "sigma": self.sigma, "seed": self.seed,
-                      **info}
+                      "lift": self.lift, **info}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -23,8 +23,8 @@ lazy_exports(__name__, {  # each name loads with its submodule on first use
         "group_masks", "prune_channels",
     ),
     "tickets": (
-        "TICKET_MODES", "Ticket", "check_ticket", "fresh_init_state", "load_state_", "load_ticket",
-        "module_state", "start_from_ticket", "start_module",
+        "LIFTS", "TICKET_MODES", "Ticket", "check_ticket", "lift_ticket", "fresh_init_state", "load_state_",
+        "load_ticket", "module_state", "start_from_ticket", "start_module",
     ),
 })
 
@@ -51,6 +51,8 @@ __all__ = [
     "own_counts",
     "prune_members",
     "TICKET_MODES",
+    "LIFTS",
+    "lift_ticket",
     "ChannelGroup",
     "PrunableWeight",
     "Ticket",

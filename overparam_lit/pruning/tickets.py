@@ -23,6 +23,8 @@ from overparam_lit.pruning.members import member_reports
 from overparam_lit.utils import ConfigError, check
 
 TICKET_MODES = ("ticket", "random_reinit", "random_mask", "random_prune", "perturb_rest")
+LIFTS = ("biases", "output")
+"""Parts of a ticket that :func:`lift_ticket` can keep dense."""
 
 
 @dataclass
@@ -49,6 +51,27 @@ def load_ticket(path: str | Path) -> Ticket:
         except (OSError, ValueError):
             meta = {}
     return Ticket(masks=masks.cpu(), rewind_state=state, meta=meta)
+
+
+def lift_ticket(ticket: Ticket, parts: Sequence[str], output_layer: str | None,
+                base: Mapping[str, Tensor] | None = None) -> Ticket:
+    """``ticket`` with the masks of ``parts`` kept dense: ``biases`` (every ``*.bias`` mask) and
+    ``output`` (the tensors of module ``output_layer``), a stack's padded entries excepted (its
+    ``base`` masks). The lifted tensors leave the ticket's ``pools``, so random pruning keeps the
+    ticket's counts in what remains of each pool."""
+    unknown = sorted(set(parts) - set(LIFTS))
+    check(not unknown, "unknown part of a ticket to keep dense", unknown, f"Use some of {LIFTS}.")
+
+    def lifted(name: str) -> bool:
+        return ("biases" in parts and name.endswith(".bias")) or (
+            "output" in parts and output_layer is not None and name.rsplit(".", 1)[0] == output_layer)
+
+    masks = {n: (base[n].bool().clone() if base is not None and n in base else torch.ones_like(m))
+             if lifted(n) else m for n, m in ticket.masks.items()}
+    meta = dict(ticket.meta)
+    if isinstance(meta.get("pools"), list):
+        meta["pools"] = [p for p in ([n for n in pool if not lifted(n)] for pool in meta["pools"]) if p]
+    return Ticket(masks, ticket.rewind_state, meta)
 
 
 def _check_members(ticket: Ticket, model: nn.Module, params: Mapping[str, Tensor]) -> None:

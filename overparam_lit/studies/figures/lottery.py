@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.figures.common import (
     describe,
     finish,
@@ -18,10 +19,11 @@ from overparam_lit.studies.results import group_curves
 from overparam_lit.studies.runs import imp_rows, ticket_rows
 from overparam_lit.utils import check
 
-CONTROLS = ("random_reinit", "random_mask", "perturb_rest")
+CONTROLS = ("random_prune", "random_reinit", "random_mask", "perturb_rest")
 LABELS = {"ticket": "IMP ticket (rewound)", "ticket_retrained": "ticket, retrained by TicketStart",
           "random_reinit": "random_reinit (same mask, fresh init)",
-          "random_mask": "random_mask (same density, random mask)",
+          "random_mask": "random_mask (ticket's per-tensor densities, random positions)",
+          "random_prune": "random_prune (random pruning, IMP's own pools and rates)",
           "perturb_rest": "perturb_rest (dense, rest re-drawn)"}
 
 
@@ -29,24 +31,38 @@ def lottery_rows(source: str | Path, metric: str = "test/acc") -> list[dict[str,
     """One row per member of every IMP level (``mode`` ``ticket``) and every ticket control
     (``mode`` its TicketStart mode; ``ticket`` mode is ``ticket_retrained``): ``seed``, ``level``,
     ``density`` (the level's mean density; a control sits at its ticket's), ``final`` (``metric`` at
-    the end of training) and ``best`` (the best validation accuracy during training)."""
+    the end of training) and ``best`` (the best validation accuracy during training). A control
+    with parts of its ticket kept dense (TicketStart's ``lift``) is its own mode, e.g.
+    ``random_prune, biases+output dense``, at the density of its own masks."""
     rows: list[dict[str, Any]] = []
     for run in fit_folders(source, "imp"):
         for r in imp_rows(run):
             rows.append({"mode": "ticket", "seed": r.get("seed"), "level": r["level"],
                          "density": round(float(r["level_density"]), 4), "final": num(r.get(metric)),
                          "best": num(r.get("best_val/acc"))})
+        lift = control_lift(run)
         for r in ticket_rows(run):
             mode = "ticket_retrained" if r["mode"] == "ticket" else r["mode"]
             if r["mode"] == "perturb_rest" and r.get("sigma") is not None:
                 mode = f"perturb_rest_sigma{r['sigma']:g}"
+            if lift:
+                mode = f"{mode}, {'+'.join(lift)} dense"
+            best = r.get("best_val/acc") if r.get("best_val/acc") is not None else r.get("best/val_acc")
             rows.append({"mode": mode, "seed": r.get("seed"), "level": r.get("level"),
                          "density": round(float(r["ticket_density"]), 4), "final": num(r.get(metric)),
-                         "best": num(r.get("best/val_acc"))})
+                         "best": num(best)})
     check(any(r["final"] is not None for r in rows), f"no IMP level or ticket result with {metric!r} found",
           str(source), "Run IMP (-c callbacks/imp.yaml) and its controls (-c callbacks/ticket.yaml), e.g. "
           "overparam-lit sweep -c configs/study_mnist1d_lottery.yaml, and give its folder.")
     return rows
+
+
+def control_lift(run: str | Path) -> list[str]:
+    """The parts of its ticket a control kept dense (``lift`` of ``imp/ticket_result.json``)."""
+    folder = RunFolder(run)
+    if not folder.ticket_result.is_file():
+        return []
+    return list(folder.read_json(folder.ticket_result).get("lift") or [])
 
 
 def _table(rows: list[dict[str, Any]], key: str) -> tuple[dict[str, Any], dict[str, Any]]:
