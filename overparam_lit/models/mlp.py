@@ -96,7 +96,7 @@ class ResidualMLP(OverparamModule):
     """The MLP of the MNIST-1D repository (Greydanus 2020), which its lottery-ticket notebook prunes:
     two hidden layers of ``width`` units whose second is residual, ``h = relu(l1(x))``,
     ``h = h + relu(l2(h))``, output ``l3(h)``. ``width=500`` on MNIST-1D is the notebook's
-    40-500-500-10 net (275,510 parameters). Layers ``net.l1``, ``net.l2``, ``net.l3`` (the output).
+    40-500-500-10 net (276,010 parameters). Layers ``net.l1``, ``net.l2``, ``net.l3`` (the output).
 
     Args:
         activation: a name of :data:`overparam_lit.activations.ACTIVATIONS`.
