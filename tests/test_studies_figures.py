@@ -569,6 +569,7 @@ def test_registry_and_report(tmp_path: Path) -> None:
     assert set(FIGURES) == {
         "double-descent",
         "lottery",
+        "lottery-ablation",
         "hessian",
         "spectra",
         "regions",
