@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,13 +44,16 @@ class SignalAt(L.Callback):
     (``where`` = hvp / regions), or just before the ``n``-th write of a file named ``file`` lands."""
 
     def __init__(self, signum: int = 15, opt_step: int | None = None, where: str | None = None,
-                 after_step: int = 0, file: str | None = None, n: int = 1, times: int = 1):
+                 after_step: int = 0, file: str | None = None, n: int = 1, times: int = 1,
+                 rank: int | None = None):
         self.signum, self.opt_step, self.where, self.after_step = signum, opt_step, where, after_step
-        self.file, self.n, self.times = file, n, times
+        self.file, self.n, self.times, self.rank = file, n, times, rank
         self.sent_at, self.calls_after = None, 0
         self._undo = []
 
     def _send(self, trainer):
+        if self.rank is not None and trainer.global_rank != self.rank:
+            return
         if self.sent_at is None:
             self.sent_at = trainer.global_step
             for _ in range(self.times):
@@ -293,6 +298,34 @@ def test_signals_while_the_checkpoint_is_written(tmp_path: Path, capfd) -> None:
     saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)  # intact, epoch 1 done
     assert saved["global_step"] == 32 and (run / "checkpoints" / "epoch=001.ckpt").is_file()
     resumed_equals_reference(run, ref)
+
+
+@pytest.mark.ddp
+def test_ddp_stops_every_rank_at_the_step_one_rank_was_signalled(tmp_path: Path) -> None:
+    """Two gloo processes; only rank 0 gets SIGTERM after step 10 (of 8 a rank and epoch): both
+    ranks stop at that step boundary, the launcher exits 75, and a DDP resume equals the
+    uninterrupted DDP fit."""
+    ddp = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+
+    def run(folder: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "overparam_lit", "fit", *COMMON, *ddp, *extra,
+                               "--trainer.default_root_dir", str(folder)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=300)
+
+    ref = run(tmp_path / "ref")
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    stopped = run(tmp_path / "run", "--trainer.callbacks+=sighooks.SignalAt", "--trainer.callbacks.opt_step",
+                  "10", "--trainer.callbacks.rank", "0")
+    assert stopped.returncode == stopping.REQUEUE_EXIT_CODE, stopped.stderr[-3000:]
+    lines = [ln for ln in stopped.stderr.splitlines() if "stopped on" in ln]
+    assert len(lines) == 1 and "stopped on SIGTERM at step 10 (epoch 1)" in lines[0], lines
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    resumed = run(tmp_path / "run", "--ckpt_path", str(ckpt))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert rows(tmp_path / "run") == rows(tmp_path / "ref")
+    a, b = weights(tmp_path / "run"), weights(tmp_path / "ref")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_handlers_record_and_are_put_back() -> None:

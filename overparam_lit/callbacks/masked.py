@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import override
 
-from overparam_lit import pruning
+from overparam_lit import pruning, stopping
 from overparam_lit.models.steps import StepAwareCallback
 
 
@@ -49,6 +49,7 @@ def evaluate_members(trainer: L.Trainer, pl_module: L.LightningModule, split: st
     classify = getattr(pl_module, "task", "classification") == "classification"
     totals: Tensor | None = None  # (M, 3): loss sum, correct, count
     for batch in loader_fn():
+        stopping.check()  # a stop signal does not wait for the rest of an IMP level's evaluation
         x, y_true = batch[0].to(device), batch[-1].to(device)
         if x.is_floating_point():
             x = x.to(pl_module.dtype)  # the precision the fit runs in (the loop's batches are cast)
