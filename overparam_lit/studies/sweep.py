@@ -14,17 +14,24 @@ with its own run folder ``OUT/points/<fit>/`` and ``--wandb.group <sweep name>``
   imported torch, Lightning and the CLI once and forks a child per fit, which starts like a new
   process (random state, threads, signals, its log), so start-up is paid once per worker, not per
   fit; ``--launch process`` starts each fit as a new ``python -m overparam_lit fit``.
-- **SLURM** (``--executor slurm``): each fit is a submitit job (``submitit.AutoExecutor``, the fit run
-  by ``submitit.helpers.CommandFunction``); ``--slurm KEY=VALUE`` passes options through
-  (``partition=gpu``, ``gpus_per_node=1``, ``timeout_min=600``, ...). The sweep waits for each
-  stage's jobs before it submits the next stage; a preempted or timed-out job is requeued and
-  resumes from its last checkpoint.
+- **SLURM** (``--executor slurm``): each fit is a submitit job (``submitit.AutoExecutor`` running a
+  :class:`FitJob`); ``--slurm KEY=VALUE`` passes options through (``partition=gpu``,
+  ``gpus_per_node=1``, ``timeout_min=600``, ``signal_delay_s=120``, ...). The sweep waits for each
+  stage's jobs (their ``squeue`` state) before it submits the next stage. A job that reaches its
+  time limit or is preempted gets submitit's pre-timeout signal, its fit stops with exit code 75
+  and the job is requeued (submitit's checkpoint protocol); the requeued job resumes the fit from
+  its last checkpoint. A cancelled job (``scancel``) is reported as ``cancelled``. SIGTERM or
+  Ctrl-C to the sweep cancels its queued and running jobs (their fits keep their checkpoints) and
+  ends it; a rerun resumes them.
 - **Resumable**: a fit whose folder holds ``done.json`` is skipped; an interrupted fit resumes from
   its newest intact checkpoint (``--ckpt_path``, chosen by ``RunFolder.resume_checkpoint``); one
   that left a run without a checkpoint starts over (``--overwrite true``). A failing fit is retried
   ``--retries`` times, except on bad input (exit code 2). A fit that ends while the sweep stops
   (SIGTERM, Ctrl-C) is not recorded as done, even when Lightning ended it with exit code 0: a rerun
-  resumes it.
+  resumes it. A fit that exits 75 (stopped by a signal from outside, its folder resumable) is
+  ``stopped``, not retried: a rerun resumes it. The sweep's exit code: 0 when every fit is done,
+  1 when one failed, 75 when fits were stopped or cancelled from outside, 130 when the sweep
+  itself was stopped.
 - **One sweep per folder**: a sweep holds ``OUT/sweep.lock`` while it runs, and a second sweep on the
   folder is refused (naming the process that holds it); a ``--fit`` run only checks that no whole
   sweep runs there. A folder that holds another study's sweep (another plan in ``sweep.json``) or one
@@ -66,6 +73,7 @@ from typing import Any
 import yaml
 
 from overparam_lit.runfolder import RunFolder, RunLock
+from overparam_lit.stopping import REQUEUE_EXIT_CODE
 from overparam_lit.studies.grid import DONE_FILE, cli_text, parse_grid_arg, parse_set_arg
 from overparam_lit.studies.results import final_metrics, member_finals, write_results
 from overparam_lit.studies.runs import SweepFolder
@@ -93,6 +101,42 @@ BAD_INPUT = 2
 
 
 EXAMPLE = "overparam-lit sweep -c configs/study_mnist1d_double_descent.yaml --out runs/dd"
+
+SLURM_ACTIVE = frozenset({"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED",
+                          "REQUEUE_HOLD", "RESIZING", "SIGNALING", "STAGE_OUT", "SUSPENDED", "STOPPED"})
+"""SLURM job states of a job that is queued, running or coming back (a requeue)."""
+
+SLURM_FINAL = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "PREEMPTED", "NODE_FAIL",
+                         "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "SPECIAL_EXIT", "REVOKED"})
+"""SLURM job states of a job that has ended and will not run again by itself."""
+
+CANCEL_WAIT_S = 60.0
+"""How long a stopped sweep waits for the SLURM jobs it cancelled to leave the nodes (their fits
+save a checkpoint first), so that a rerun does not find their run folders still locked."""
+
+MAX_TIMEOUTS = 50
+"""Requeues of one job after a time limit (submitit's ``max_num_timeout``; its default is 3). Each
+requeue resumes from a checkpoint, so a fit longer than the time limit goes on until it is done.
+``--slurm max_num_timeout=N`` changes it."""
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """SLURM's state of each job in ``job_ids`` (``squeue -r --states=all``: the jobs the controller
+    still knows, which include those that ended less than ``MinJobAge`` ago); ``{}`` when
+    ``squeue`` fails or knows none of them."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "--states=all", "-o", "%i|%T", "-j", ",".join(job_ids)],
+                             capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    states = {}
+    for line in out.stdout.splitlines() if out.returncode == 0 else []:
+        job_id, _, state = line.strip().partition("|")
+        if job_id in job_ids:
+            states[job_id] = state.split(" ")[0].upper()
+    return states
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -523,9 +567,18 @@ def _fresh_random_state() -> None:  # pragma: no cover - runs in the forked fit
 
 @dataclass
 class FitJob:
-    """One fit as a submitit job: resumes from the run folder's newest checkpoint, runs the fit
-    through ``submitit.helpers.CommandFunction`` and writes ``done.json``. Requeued (and resumed)
-    when SLURM preempts it or its time runs out.
+    """One fit as a submitit job: resumes from the run folder's newest checkpoint, runs the fit in a
+    child process and writes ``done.json``; returns its record, with ``status`` ``done`` or
+    ``stopped``.
+
+    Requeue follows submitit's checkpoint protocol. SLURM sends submitit's pre-timeout signal
+    (``--signal=USR2@<slurm_signal_delay_s>``) to every process of the job, the fit among them: the
+    fit stops at its next optimizer step, leaves a resumable folder and exits with
+    :data:`~overparam_lit.stopping.REQUEUE_EXIT_CODE`. Only then does this job hand the signal to
+    submitit's handler, which calls :meth:`checkpoint` and requeues the job (``scontrol
+    requeue``); the requeued job resumes the fit from its checkpoint. A fit that exits with that
+    code without the pre-timeout signal (SIGTERM of ``scancel``, or of a process ``kill``) is
+    ``stopped``: not done, not failed, and a rerun of the sweep resumes it.
 
     Args:
         command: the fit command without resume arguments.
@@ -540,23 +593,58 @@ class FitJob:
     fresh: bool = False
 
     def __call__(self) -> dict[str, Any]:
-        from submitit.helpers import CommandFunction
-
         start = time.time()
         cmd = self.command + resume_args(self.folder, self.fresh)
-        self.fresh = False
+        self.fresh = False  # a requeued job resumes
         Path(self.folder).mkdir(parents=True, exist_ok=True)
-        CommandFunction(cmd, verbose=True)()
-        record = {**self.record, "attempts": 1, "seconds": round(time.time() - start, 2), "command": cmd,
+        print(f"[sweep] $ {shlex.join(cmd)}", flush=True)
+        preempt = _preempt_signal()
+        seen: list[int] = []
+        proc: subprocess.Popen | None = None
+
+        def note(signum: int, frame: Any) -> None:  # the fit got it too; a second copy changes nothing
+            seen.append(signum)
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signum)
+
+        main = threading.current_thread() is threading.main_thread()
+        submitit_handler = signal.signal(preempt, note) if main else None
+        try:
+            proc = subprocess.Popen(cmd)
+            rc = proc.wait()
+        finally:
+            if main:
+                signal.signal(preempt, submitit_handler)  # type: ignore[arg-type]
+        seconds = round(time.time() - start, 2)
+        if seen and rc in (REQUEUE_EXIT_CODE, -preempt) and callable(submitit_handler):
+            # time limit or preemption (a fit still starting dies of the signal): requeue and exit
+            print(f"[sweep] fit stopped on the pre-timeout signal after {seconds:.1f} s (exit {rc}); "
+                  "requeueing the job", flush=True)
+            submitit_handler(preempt, None)
+        if rc == REQUEUE_EXIT_CODE:
+            print(f"[sweep] fit stopped by a signal (exit {rc}) after {seconds:.1f} s; a rerun of the "
+                  "sweep resumes it", flush=True)
+            return {**self.record, "status": "stopped", "exit_code": rc, "seconds": seconds, "command": cmd}
+        if rc != 0:
+            raise subprocess.CalledProcessError(rc, cmd)
+        requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # this job's earlier runs
+        record = {**self.record, "attempts": 1 + requeues, "seconds": seconds, "command": cmd,
                   "metrics": final_metrics(self.folder)}
         RunFolder(self.folder).write_done(record)
-        return record
+        return {**record, "status": "done"}
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit's hook on preemption and timeout: requeue this job (it resumes)."""
         from submitit.helpers import DelayedSubmission
 
         return DelayedSubmission(self)
+
+
+def _preempt_signal() -> signal.Signals:
+    """submitit's pre-timeout signal (``SUBMITIT_PREEMPT_SIGNAL``, default ``USR2``)."""
+    from submitit.core.job_environment import JobEnvironment
+
+    return signal.Signals["SIG" + JobEnvironment.USR_SIG]
 
 
 class SweepLock(RunLock):
@@ -744,6 +832,7 @@ class Sweep:
         self._lock = threading.Condition()
         self._children: set[subprocess.Popen] = set()
         self._stopping = threading.Event()
+        self._signals = 0
         self._status: dict[str, str] = {}
         self._attempts: dict[str, int] = {}
 
@@ -964,6 +1053,13 @@ class Sweep:
                                   "resumes it\n")
                 print(f"[sweep] stopped {fit.name} (exit {rc}); a rerun resumes it", flush=True)
                 return "stopped"
+            if rc == REQUEUE_EXIT_CODE:  # signalled from outside: it left a resumable folder
+                with open(log, "a") as tail_fh:
+                    tail_fh.write(f"\n[sweep] the fit was stopped by a signal (exit {rc}); not finished, "
+                                  "a rerun resumes it\n")
+                print(f"[sweep] stopped {fit.name} (exit {rc}: stopped by a signal); a rerun resumes it",
+                      flush=True)
+                return "stopped"
             if rc == 0:
                 folder.write_done({**self._record(fit), "attempts": attempt, "seconds": seconds,
                                    "command": cmd, "metrics": final_metrics(fit.folder)})
@@ -1113,6 +1209,7 @@ class Sweep:
     def stop(self, signum: int, frame: Any) -> None:  # pragma: no cover - exercised by the kill test
         """Signal handler: stop the running fits; finished ones are kept."""
         self._stopping.set()
+        self._signals += 1
         with self._lock:
             for proc in list(self._children):
                 proc.terminate()
@@ -1127,8 +1224,10 @@ class Sweep:
         except ImportError:
             raise ConfigError("--executor slurm needs the submitit package (got it missing). "
                               "Install it with `pip install submitit`.") from None
-        executor = submitit.AutoExecutor(folder=str(self.folder.slurm / "%j"), cluster=self.args.cluster)
         params = {"name": self.plan.name, **self.slurm}
+        timeouts = params.pop("slurm_max_num_timeout", MAX_TIMEOUTS)
+        executor = submitit.AutoExecutor(folder=str(self.folder.slurm / "%j"), cluster=self.args.cluster,
+                                         slurm_max_num_timeout=timeouts)
         try:
             executor.update_parameters(**params)
         except Exception as err:  # noqa: BLE001 - submitit raises plain errors for unknown options
@@ -1142,7 +1241,7 @@ class Sweep:
             for fit in blocked:
                 result[fit.name] = self._status[fit.name] = "blocked"
             todo = [f for f in todo if f not in blocked]
-            if not todo:
+            if not todo or self._stopping.is_set():
                 continue
             jobs = []
             with executor.batch():
@@ -1151,19 +1250,79 @@ class Sweep:
                     jobs.append((fit, executor.submit(job)))
             print(f"[sweep] stage {stage.name}: submitted {len(jobs)} job(s) "
                   f"({', '.join(str(j.job_id) for _, j in jobs)}); waiting", flush=True)
-            for fit, job in jobs:
-                try:
-                    job.result()
-                    result[fit.name] = self._status[fit.name] = "done"
-                    print(f"[sweep] done {fit.name} (job {job.job_id})", flush=True)
-                except Exception as err:  # noqa: BLE001 - submitit wraps the fit's failure
-                    result[fit.name] = self._status[fit.name] = "failed"
-                    self.folder.failed(fit.name).parent.mkdir(parents=True, exist_ok=True)
-                    atomic_write_json({"fit": fit.name, "job": str(job.job_id), "error": str(err)[-2000:]},
-                                      self.folder.failed(fit.name))
-                    print(f"[sweep] FAIL {fit.name} (job {job.job_id}): {str(err).strip()[-300:]}",
-                          flush=True)
+            if executor.cluster == "slurm":
+                self._wait_slurm(jobs, result)
+            else:  # submitit's debug and local executors: their jobs run here or in a child
+                for fit, job in jobs:
+                    self._finish_job(fit, job, "", result)
         return result
+
+    def _wait_slurm(self, jobs: list[tuple[Fit, Any]], result: dict[str, str]) -> None:
+        """Wait for SLURM ``jobs`` by their queue state (``squeue``, which needs no accounting
+        database): a requeued job is waited for, a cancelled one is ``cancelled``, an ended one is
+        read from its result. On the sweep's SIGTERM or SIGINT the jobs still queued or running are
+        cancelled (their fits stop at the next step and keep a checkpoint), so a rerun resumes them."""
+        pending = {str(job.job_id): (fit, job) for fit, job in jobs}
+        unseen: dict[str, int] = {}
+        start = time.time()
+        while pending:
+            if self._stopping.is_set():
+                self._cancel_jobs(pending, result)
+                return
+            states = slurm_states(list(pending))
+            for job_id, (fit, job) in list(pending.items()):
+                state = states.get(job_id) or str(job.state).split(" ")[0].upper()
+                if state in SLURM_ACTIVE:
+                    unseen.pop(job_id, None)
+                    continue
+                if state not in SLURM_FINAL and not job.paths.result_pickle.exists():
+                    unseen[job_id] = unseen.get(job_id, 0) + 1  # not listed (yet, or any more)
+                    if unseen[job_id] < 5:
+                        continue
+                del pending[job_id]
+                self._finish_job(fit, job, state, result)
+            self._stopping.wait(min(15.0, 1.0 + (time.time() - start) / 20))
+
+    def _finish_job(self, fit: Fit, job: Any, state: str, result: dict[str, str]) -> None:
+        """Record the end of ``job`` (SLURM ``state``, empty when unknown) as the fit's status."""
+        if state == "CANCELLED":
+            status = "cancelled"
+            print(f"[sweep] cancelled {fit.name} (job {job.job_id} was cancelled); a rerun resumes it",
+                  flush=True)
+        else:
+            try:
+                record = job.result()
+                stopped = isinstance(record, dict) and record.get("status") == "stopped"
+                status = "stopped" if stopped else "done"
+                if status == "done":
+                    print(f"[sweep] done {fit.name} (job {job.job_id})", flush=True)
+                else:
+                    print(f"[sweep] stopped {fit.name} (job {job.job_id}: the fit was stopped by a signal); "
+                          "a rerun resumes it", flush=True)
+            except Exception as err:  # noqa: BLE001 - submitit wraps the fit's failure
+                status = "failed"
+                how = f" ended {state}" if state else ""
+                self.folder.failed(fit.name).parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json({"fit": fit.name, "job": str(job.job_id), "state": state,
+                                   "error": str(err)[-2000:]}, self.folder.failed(fit.name))
+                print(f"[sweep] FAIL {fit.name} (job {job.job_id}{how}): {str(err).strip()[-300:]}",
+                      flush=True)
+        result[fit.name] = self._status[fit.name] = status
+
+    def _cancel_jobs(self, pending: dict[str, tuple[Fit, Any]], result: dict[str, str]) -> None:
+        """``scancel`` the sweep's queued and running jobs, wait (up to :data:`CANCEL_WAIT_S`, or
+        until a second signal) until they have left the node, and record their fits as stopped."""
+        ids = list(pending)
+        subprocess.run(["scancel", *ids], check=False)
+        print(f"[sweep] cancelled {len(ids)} SLURM job(s) ({', '.join(ids)}): their fits stop at the next "
+              "step and keep a checkpoint; rerun the sweep to resume them", flush=True)
+        deadline = time.time() + CANCEL_WAIT_S
+        while self._signals < 2 and time.time() < deadline:
+            if not any(s in SLURM_ACTIVE for s in slurm_states(ids).values()):
+                break
+            time.sleep(0.5)
+        for fit, _ in pending.values():
+            result[fit.name] = self._status[fit.name] = "stopped"
 
     # ---- other outputs -------------------------------------------------------------------------
     def write_wandb_sweeps(self) -> list[Path]:
@@ -1253,6 +1412,11 @@ class Sweep:
             return 1
         if self._stopping.is_set():
             return 130
+        halted = [n for n, s in status.items() if s in ("stopped", "cancelled")]
+        if halted:
+            print(f"[sweep] {len(halted)} fit(s) stopped or cancelled from outside: {', '.join(halted)} "
+                  "(each resumes from its checkpoint: rerun the sweep)", flush=True)
+            return REQUEUE_EXIT_CODE
         if done == len(self.plan.fits):
             figure = (f"figure: overparam-lit plot {self.spec.figure} {self.folder.root}; "
                       if self.spec.figure else "")
