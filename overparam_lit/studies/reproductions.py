@@ -294,6 +294,8 @@ def reproductions(folders: Sequence[str | Path], entries: Sequence[Published] = 
             row["verdict"] = f"not run: {e.protocol}"
         elif folder is None or e.measure is None:
             row["verdict"] = "not run"
+        elif not SweepFolder(folder).results.is_file():
+            row["verdict"] = f"not run (no results.csv in {folder}: the sweep has not finished)"
         else:
             try:
                 m = e.measure(folder)
