@@ -594,8 +594,9 @@ class FitJob:
 
     def __call__(self) -> dict[str, Any]:
         start = time.time()
-        cmd = self.command + resume_args(self.folder, self.fresh)
-        self.fresh = False  # a requeued job resumes
+        requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # this job's earlier runs
+        cmd = self.command + resume_args(self.folder, self.fresh and not requeues)
+        self.fresh = False  # a requeued job resumes (also one SLURM requeued from the first pickle)
         Path(self.folder).mkdir(parents=True, exist_ok=True)
         print(f"[sweep] $ {shlex.join(cmd)}", flush=True)
         preempt = _preempt_signal()
@@ -627,7 +628,6 @@ class FitJob:
             return {**self.record, "status": "stopped", "exit_code": rc, "seconds": seconds, "command": cmd}
         if rc != 0:
             raise subprocess.CalledProcessError(rc, cmd)
-        requeues = int(os.environ.get("SLURM_RESTART_COUNT") or 0)  # this job's earlier runs
         record = {**self.record, "attempts": 1 + requeues, "seconds": seconds, "command": cmd,
                   "metrics": final_metrics(self.folder)}
         RunFolder(self.folder).write_done(record)
@@ -1281,7 +1281,7 @@ class Sweep:
                         continue
                 del pending[job_id]
                 self._finish_job(fit, job, state, result)
-            self._stopping.wait(min(15.0, 1.0 + (time.time() - start) / 20))
+            self._stopping.wait(min(15.0, 1.0 + (time.time() - start) / 30))
 
     def _finish_job(self, fit: Fit, job: Any, state: str, result: dict[str, str]) -> None:
         """Record the end of ``job`` (SLURM ``state``, empty when unknown) as the fit's status."""
