@@ -161,7 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="parallel local fits (default: the block's workers, one per GPU, or 2 on a CPU)")
     p.add_argument("--executor", choices=("local", "slurm"), default="local")
     p.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
-                   help="submitit option, e.g. partition=gpu, gpus_per_node=1, timeout_min=600 (repeatable)")
+                   help="submitit option, e.g. partition=gpu, gpus_per_node=1, timeout_min=600, "
+                        "signal_delay_s=120 (the pre-timeout signal), max_num_timeout=50 (requeues "
+                        "after a time limit) (repeatable)")
     p.add_argument("--cluster", default=None, help=argparse.SUPPRESS)  # submitit cluster (tests: debug/local)
     p.add_argument("--launch", choices=("fork", "process"), default=None,
                    help="how a local fit starts: 'fork' (default on Linux without GPUs) forks each fit "
