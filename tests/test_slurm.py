@@ -58,6 +58,21 @@ def slurm_cluster() -> None:
             (pytest.fail if os.environ.get("CI") else pytest.skip)(f"no local SLURM cluster: {why}")
 
 
+PAUSE = """
+import time
+
+import lightning as L
+
+
+class PauseEachEpoch(L.Callback):
+    def __init__(self, seconds: float = 0.1):
+        self.seconds = seconds
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        time.sleep(self.seconds)
+"""
+
+
 def study(tmp_path: Path, widths: list[int], epochs: int) -> Path:
     cfg = yaml.safe_load(yaml.safe_dump(TINY_STUDY_BASE))
     cfg["trainer"]["max_epochs"] = epochs
@@ -121,12 +136,18 @@ def test_sweep_of_four_fits_through_submitit(slurm_cluster, tmp_path: Path) -> N
 
 def test_time_limit_requeues_the_fit_until_done(slurm_cluster, tmp_path: Path) -> None:
     """A 1-minute time limit with submitit's pre-timeout signal asked 25 s before it: SLURM sends
-    it 5 to 35 s into the job (its timer ticks every 30 s). The fit (500 epochs, about 45 s with
-    its start on this machine's 2 cores) outlasts that, so it stops on the signal (exit 75),
-    submitit requeues the job, and the requeued job resumes it from its checkpoint until it is
-    done. Its rows and weights equal the same fit run locally in one go (run meanwhile)."""
-    epochs = 500
+    it 5 to 35 s into the job (its timer ticks every 30 s). The fit outlasts that on any CPU (200
+    epochs, each held 0.2 s longer by a callback that changes no number), so it stops on the
+    signal (exit 75), submitit requeues the job, and the requeued job resumes it from its
+    checkpoint until it is done. Its rows and weights equal the same fit run locally in one go
+    (run meanwhile, without the pause)."""
+    epochs = 200
     cfg = study(tmp_path, [8], epochs=epochs)
+    (tmp_path / "pause.py").write_text(PAUSE)  # the jobs run in tmp_path, which fits import from
+    slow = yaml.safe_load(cfg.read_text())
+    slow["trainer"]["callbacks"] = [{"class_path": "pause.PauseEachEpoch", "init_args": {"seconds": 0.2}}]
+    slow_cfg = tmp_path / "study_slow.yaml"
+    slow_cfg.write_text(yaml.safe_dump(slow, sort_keys=False))
     local = tmp_path / "local"
     reference_log = tmp_path / "local.log"
     with open(reference_log, "w") as fh:
@@ -136,7 +157,7 @@ def test_time_limit_requeues_the_fit_until_done(slurm_cluster, tmp_path: Path) -
             cwd=tmp_path, env=ENV, stdout=fh, stderr=subprocess.STDOUT)
     out = tmp_path / "s"
     start = time.time()
-    proc = run(sweep_cmd(cfg, out, "--slurm", "timeout_min=1", "--slurm", "signal_delay_s=25"), tmp_path,
+    proc = run(sweep_cmd(slow_cfg, out, "--slurm", "timeout_min=1", "--slurm", "signal_delay_s=25"), tmp_path,
                timeout=400)
     seconds = time.time() - start
     assert reference.wait(timeout=300) == 0, reference_log.read_text()[-2000:]
@@ -145,7 +166,7 @@ def test_time_limit_requeues_the_fit_until_done(slurm_cluster, tmp_path: Path) -
     done = RunFolder(folder).read_done()
     requeues = done["attempts"] - 1
     logs = "".join(p.read_text() for p in sorted(SweepFolder(out).slurm.glob("*/*_log.out")))
-    assert requeues >= 1, f"the fit ended before the pre-timeout signal: raise epochs\n{logs[-2000:]}"
+    assert requeues >= 1, f"the fit ended before the pre-timeout signal\n{logs[-2000:]}"
     assert logs.count("requeueing the job") == requeues, logs[-3000:]
     runs = fit_commands(logs)
     assert len(runs) == requeues + 1 and all("--ckpt_path" in c for c in runs[1:])  # each requeue resumed
