@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -429,7 +430,12 @@ class OverparamModule(L.LightningModule):
         infinite (one process; under DDP the epoch's end stops, where all ranks agree)."""
         if self.first_loss is None:
             self.first_loss = losses.clone()
-        if self.trainer.world_size == 1 and not bool(torch.isfinite(losses).any()):
+        if self.trainer.world_size > 1:
+            return
+        if losses.numel() == 1:  # a single model: one host float, cheaper than isfinite
+            if not math.isfinite(float(losses)):
+                self._diverged(step)
+        elif not bool(torch.isfinite(losses).any()):
             self._diverged(step)
 
     def _drain(self, split: str) -> None:
