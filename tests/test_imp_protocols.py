@@ -272,3 +272,27 @@ def test_ablation_summary_gap():
     assert out["variants"]["none"]["ticket"]["lo"] == 0.7 and out["variants"]["none"]["ticket"]["hi"] == 0.8
     assert out["variants"]["output"]["gap"] == pytest.approx(0.05)
     assert "biases" not in out["variants"]
+
+
+def test_levels_in_steps_are_exact_with_several_steps_per_call(tmp_path, blobs, tiny_trainer):
+    """Level boundaries mid-epoch end a call of several optimizer steps exactly: K = 3 gives the
+    masks and weights of K = 1."""
+    from overparam_lit.models import MLP
+
+    finals = []
+    for k in (1, 3):
+        L.seed_everything(0)
+        model = MLP(width=16, depth=2, input_shape=(8,), num_classes=4, steps_per_call=k)
+        cb = IterativeMagnitudePruning(levels=2, fraction=0.5, scope="layerwise", steps_per_level=5,
+                                       replay_order=True)
+        tr = tiny_trainer(tmp_path / f"k{k}", [cb], max_epochs=None, deterministic=True)
+        tr.fit(model, blobs(batch_size=50))
+        assert tr.global_step == 15 and model.step_calls == k
+        summary = json.loads((tmp_path / f"k{k}" / "imp" / "summary.json").read_text())
+        assert [lv["global_step"] for lv in summary["levels"]] == [5, 10, 15]
+        finals.append({n: p.detach().clone() for n, p in model.named_parameters()})
+        finals.append(torch.load(tmp_path / f"k{k}" / "imp" / "level_02" / "mask.pt", weights_only=True))
+    for n in finals[1]:
+        assert torch.equal(finals[1][n], finals[3][n])
+    for n in finals[0]:
+        torch.testing.assert_close(finals[0][n], finals[2][n], atol=tol(torch.float32, 16, 10.0), rtol=0)
