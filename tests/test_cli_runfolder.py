@@ -140,7 +140,7 @@ def test_overwrite_clears_the_old_runs_artifacts(tmp_path: Path) -> None:
 def test_default_folder_never_collides_and_a_refused_launch_leaves_none(
         tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli.time, "strftime", lambda fmt, *args: "20250101-000000")
+    monkeypatch.setattr(cli.app.time, "strftime", lambda fmt, *args: "20250101-000000")
     taken = tmp_path / "runs" / "20250101-000000"
     taken.mkdir(parents=True)
     (taken / "metrics.csv").write_text("step\n0\n")

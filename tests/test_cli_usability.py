@@ -99,7 +99,7 @@ def test_console_of_a_logged_fit_from_another_folder(tmp_path: Path) -> None:
 
 
 def test_extra_subcommands_are_registered_and_listed(capsys, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "COMMANDS", {})
+    monkeypatch.setattr(cli.commands, "COMMANDS", {})  # the registry main and register_command read
     calls = []
     register_command("export", lambda argv: calls.append(argv) or 7, "export a run (example)")
     with pytest.raises(SystemExit) as exc:

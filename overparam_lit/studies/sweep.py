@@ -670,7 +670,7 @@ def _fit_problem(args: list[str], here: bool = True) -> str | None:
     ``here=False`` (fits that run on other machines): the devices are not checked on this one."""
     import io
 
-    import overparam_lit.cli as cli_module
+    import overparam_lit.cli.app as cli_module  # where OverparamCLI looks up check_trainer_config
     from overparam_lit.cli import OverparamCLI, find_config_error, resolve_config_args
 
     if not here:

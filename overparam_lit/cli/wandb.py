@@ -1,0 +1,105 @@
+"""Weights & Biases: the ``--wandb.*`` options, the choice of online or offline, the run's loggers
+(CSV always, W&B unless disabled) and the x axes of its dashboard series."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import Logger, WandbLogger
+
+from overparam_lit.loggers import RunCSVLogger, RunWandbLogger
+
+
+@dataclass
+class WandbOptions:
+    """Weights & Biases settings.
+
+    Args:
+        mode: ``auto`` is online when an API key is configured (``WANDB_API_KEY`` or
+            ``wandb login``) and offline otherwise; ``offline`` writes a local run to sync later
+            with ``wandb sync``; ``disabled`` turns W&B off (CSV metrics are always written).
+            A ``WANDB_MODE`` environment variable overrides ``auto``.
+        project: W&B project.
+        name: run name (default: the run folder's name).
+        group: run group, e.g. a sweep's name, so dashboards group its runs (default: the sweep
+            folder of a sweep point ``OUT/points/<point>``).
+        tags: run tags (the model and data class names are always added).
+    """
+
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    project: str = "overparam-lit"
+    name: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+def wandb_has_credentials() -> bool:
+    """True when an API key is configured through the environment or ``~/.netrc``."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def resolve_wandb_mode(mode: str) -> str:
+    """Turn ``auto`` into ``online`` or ``offline``; never prompts and never waits on a network."""
+    env = os.environ.get("WANDB_MODE", "").lower()
+    if mode == "auto":
+        if env in ("online", "offline", "disabled"):
+            return env
+        if env == "dryrun":
+            return "offline"
+        return "online" if wandb_has_credentials() else "offline"
+    return mode
+
+
+def make_loggers(root: Path, options: WandbOptions, run_config: Mapping[str, Any] | None = None,
+                 job_type: str | None = None) -> list[Logger]:
+    """The CSV logger of ``root/metrics.csv`` (first, so the trainer's log folder is ``root``)
+    and, unless disabled, a W&B run whose config is ``run_config`` (flat dotted keys)."""
+    loggers: list[Logger] = [RunCSVLogger(root)]
+    mode = resolve_wandb_mode(options.mode)
+    if mode != "disabled":
+        os.environ.setdefault("WANDB_SILENT", "true")
+        if mode == "offline":
+            os.environ["WANDB_MODE"] = "offline"
+        root = Path(root)
+        group = options.group
+        if group is None and root.parent.name == "points":  # a fit of `overparam-lit sweep` (OUT/points)
+            group = root.parent.parent.name or None
+        tags = list(options.tags)
+        for key in ("model.class_path", "data.class_path"):
+            if run_config and run_config.get(key):
+                tags.append(str(run_config[key]).rsplit(".", 1)[-1])
+        loggers.append(RunWandbLogger(  # an absolute folder: W&B's service process has its own cwd
+            run_config=run_config, save_dir=str(root.resolve()), project=options.project,
+            name=options.name or root.name, group=group, tags=list(dict.fromkeys(tags)) or None,
+            job_type=job_type, offline=mode == "offline", log_model=False,
+        ))
+    return loggers
+
+
+class DefineWandbAxes(Callback):
+    """Gives level-wise, probe-wise and snapshot-wise series their own x axis in W&B dashboards:
+    ``imp/*`` against ``imp/level``, ``hessian/*`` against ``hessian/step`` and ``regions/*``
+    against ``regions/epoch``."""
+
+    AXES = (("imp/level", "imp/*"), ("hessian/step", "hessian/*"), ("regions/epoch", "regions/*"))
+
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                run = logger.experiment
+                for axis, series in self.AXES:
+                    run.define_metric(axis)
+                    run.define_metric(series, step_metric=axis)
