@@ -142,9 +142,6 @@ class StopOnSignal(StepAwareCallback):
     not requeue itself: its exit code asks the scheduler or ``overparam-lit sweep`` to).
     """
 
-    def __init__(self) -> None:
-        self.stopped_at: tuple[int, int] | None = None  # (epoch, step) where the fit stopped
-
     @override
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         stopping.local_checks(trainer.world_size == 1)
@@ -188,11 +185,10 @@ class StopOnSignal(StepAwareCallback):
                      exception: BaseException) -> None:
         if not isinstance(exception, (stopping.StopRequested, SIGTERMException)):
             return
-        self.stopped_at = (int(trainer.current_epoch), int(trainer.global_step))
-        exception.stopped_at = self.stopped_at  # type: ignore[attr-defined]
-        exception.run_folder = str(RunFolder.of(trainer).root)  # type: ignore[attr-defined]
+        folder = RunFolder.of(trainer)
+        exception.stopped_at = (int(trainer.current_epoch), int(trainer.global_step))  # type: ignore[attr-defined]
+        exception.run_folder = str(folder.root)  # type: ignore[attr-defined]
         if resumes_after_stop(trainer, exception) and trainer.is_global_zero:
-            folder = RunFolder.of(trainer)
             for path in folder.checkpoint_files():
                 fsync_path(path)
             fsync_path(folder.checkpoints)

@@ -21,7 +21,7 @@ import signal
 import threading
 
 __all__ = ["REQUEUE_EXIT_CODE", "STOP_SIGNALS", "StopRequested", "check", "clear", "install",
-           "installed", "local_checks", "requested", "signal_name",
+           "local_checks", "requested", "signal_name",
            "uninstall"]
 
 REQUEUE_EXIT_CODE = 75
@@ -80,11 +80,6 @@ def uninstall() -> None:
     for signum, handler in list(_previous.items()):
         signal.signal(signum, handler if handler is not None else signal.SIG_DFL)  # type: ignore[arg-type]
     _previous.clear()
-
-
-def installed() -> bool:
-    """Whether this module's handler is the one for SIGTERM now."""
-    return signal.getsignal(signal.SIGTERM) is _record
 
 
 def requested() -> int | None:

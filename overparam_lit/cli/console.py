@@ -186,7 +186,7 @@ def stop_message(stop: BaseException) -> str:
     if root is None:
         return head
     folder = RunFolder(root)
-    ckpt = folder.newest_intact_checkpoint()
+    ckpt = folder.resume_checkpoint()  # the one a sweep's rerun resumes from
     if ckpt is None:
         return (f"{head} No checkpoint was written yet (none is made before the first epoch ends), "
                 f"so the fit starts over: overparam-lit fit -c {folder.config_yaml} --overwrite true")
