@@ -1,5 +1,5 @@
 """``Widen``: function-preserving widening in the middle of a fit (escape dimensions); a thin
-adapter over :mod:`overparam_lit.escape.widen` and :mod:`overparam_lit.escape.widening`."""
+adapter over :mod:`overparam_lit.escape.surgery` and :mod:`overparam_lit.escape.widen_step`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from overparam_lit.compat import fresh_optimizers
-from overparam_lit.escape import widening as wd
+from overparam_lit.escape import widen_step as wd
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.models.stack import StackedNet, control_seed
 from overparam_lit.models.steps import StepAwareCallback
@@ -24,7 +24,7 @@ class Widen(StepAwareCallback):
     At optimizer step ``step`` (after that many steps; or after ``epoch`` epochs, the step
     ``epoch x steps per epoch``), at the end of the training batch and before any
     ``HessianProbe``, every hidden layer grows by ``units`` units (MLP) or channels (CNN) in
-    proportion to its size (:func:`~overparam_lit.escape.widen.growth`: an MLP or CNN of width
+    proportion to its size (:func:`~overparam_lit.escape.surgery.growth`: an MLP or CNN of width
     ``k`` becomes the family's net of width ``k + units``), or only hidden layer ``layer`` grows
     by ``units``. ``zero`` gives new units fresh incoming and zero outgoing weights; ``duplicate``
     splits existing units, the original keeping ``ratio`` of its outgoing weights and the copy
@@ -44,7 +44,7 @@ class Widen(StepAwareCallback):
     ``probe_around`` every ``HessianProbe`` also probes at steps ``step - 1`` (narrow) and
     ``step`` (wide, before any nudge); a ``nudge`` leaves an exact critical point; one Widen per
     fit, one process, not with IMP or TicketStart; a checkpoint written after the widening
-    resumes wide. :mod:`overparam_lit.escape.widening` tells each in full.
+    resumes wide. :mod:`overparam_lit.escape.widen_step` tells each in full.
 
     Artifacts and logs: ``widen/step``, ``widen/width``, ``widen/num_params``,
     ``widen/loss_before``, ``widen/loss_after`` (training loss on a fixed probe set in eval

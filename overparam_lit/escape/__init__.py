@@ -1,6 +1,6 @@
 """Escape dimensions: function-preserving widening, teacher-student helpers, success statistics.
 
-Pure torch / numpy / scipy (no Lightning). :mod:`~overparam_lit.escape.widen` adds hidden
+Pure torch / numpy / scipy (no Lightning). :mod:`~overparam_lit.escape.surgery` adds hidden
 units (MLP) or channels (CNN) without changing the function the network computes (the
 :class:`~overparam_lit.callbacks.widen.Widen` callback does it during a fit);
 :mod:`~overparam_lit.escape.teacher` makes teacher-student data with any activation;
@@ -15,7 +15,7 @@ lazy_exports(__name__, {  # each name loads with its submodule on first use
     "critical": ("polish_to_critical_point",),
     "success": ("multistart_prediction", "relative_losses", "success_interval", "success_rates"),
     "teacher": ("TeacherData", "make_teacher_data", "teacher_net"),
-    "widen": (
+    "surgery": (
         "Widened", "add_units", "choose_units", "growth", "hidden_layers", "hidden_sizes", "nudge_",
         "random_direction", "resize_to", "split_direction", "widen", "widen_layers", "widen_net",
     ),

@@ -716,7 +716,7 @@ class OverparamModule(L.LightningModule):
         mine = {n: tuple(t.shape) for n, t in [*self.net.named_parameters(), *self.net.named_buffers()]}
         if all(saved.get(n, s) == s for n, s in mine.items()):
             return
-        from overparam_lit.escape.widen import resize_to
+        from overparam_lit.escape.surgery import resize_to
 
         if self.members is not None:
             check(all(s[:1] == (self.num_members,) for s in saved.values()),

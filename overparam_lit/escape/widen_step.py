@@ -29,7 +29,7 @@ would write one file, so "before" is one optimizer step earlier; at ``step: 0`` 
 descent leaves the saddle only as fast as rounding noise grows along the negative curvature.
 ``nudge > 0`` moves each member's weights by that L2 norm along ``nudge_direction``:
 ``split`` (``duplicate`` only; separates every copy from its unit, which leaves the outputs
-unchanged to first order, :func:`~overparam_lit.escape.widen.split_direction`), ``random``
+unchanged to first order, :func:`~overparam_lit.escape.surgery.split_direction`), ``random``
 (Gaussian over all parameters) or the path of a ``.pt`` file ``{parameter name: tensor}``
 keyed like the module's ``state_dict`` (``net.0.weight``; with members, a leading member
 axis), normalised per member. Measured (``tests/test_widen.py``): at a float64 critical point
@@ -44,7 +44,7 @@ not together with IMP or TicketStart (their masks keep the narrow shapes).
 **Checkpoints.** A checkpoint written after the widening holds the wide network. When a fit
 resumes from it, the module reshapes its network to the checkpoint's shapes just before
 Lightning loads the weights (``OverparamModule.on_load_checkpoint`` with
-:func:`~overparam_lit.escape.widen.resize_to`), so the resumed fit equals the uninterrupted one.
+:func:`~overparam_lit.escape.surgery.resize_to`), so the resumed fit equals the uninterrupted one.
 A checkpoint written before the widening resumes narrow and widens at ``step`` exactly as the
 first fit.
 """
@@ -60,7 +60,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from overparam_lit.escape.widen import (
+from overparam_lit.escape.surgery import (
     METHODS,
     UNIT_RULES,
     Widened,
@@ -153,7 +153,7 @@ class WidenOptions:
     def check_module(self, module: nn.Module) -> None:
         """Refuse a model (an ``OverparamModule``: ``member_networks()``, ``width``, ``members``) or
         settings the widening cannot handle, before any training step: a stack of padded widths,
-        a network :func:`~overparam_lit.escape.widen.growth` cannot grow, unit indices out of
+        a network :func:`~overparam_lit.escape.surgery.growth` cannot grow, unit indices out of
         range, or a nudge direction file that does not hold ``{parameter name: tensor}``."""
         if module.members is not None:
             widths = sorted({m.width for m in module.members})
@@ -226,8 +226,8 @@ def probe_losses(module: nn.Module, x_all: Tensor, y_all: Tensor, chunk: int = 1
 
 def widen_members(nets: Sequence[nn.Module], seeds: Sequence[int], opts: WidenOptions,
                   width: int) -> tuple[list[Widened], list[torch.Generator]]:
-    """Every member's widened copy (:func:`~overparam_lit.escape.widen.widen_layers` of the
-    :func:`~overparam_lit.escape.widen.growth` of family width ``width``), each drawn from its
+    """Every member's widened copy (:func:`~overparam_lit.escape.surgery.widen_layers` of the
+    :func:`~overparam_lit.escape.surgery.growth` of family width ``width``), each drawn from its
     own generator seeded with ``seeds[i]``; returns them and the generators (for the nudge)."""
     wides, gens = [], []
     for net, seed in zip(nets, seeds, strict=True):
