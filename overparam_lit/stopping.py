@@ -20,14 +20,24 @@ from __future__ import annotations
 import signal
 import threading
 
-__all__ = ["REQUEUE_EXIT_CODE", "STOP_SIGNALS", "StopRequested", "check", "clear", "install",
-           "local_checks", "requested", "signal_name",
-           "uninstall"]
+__all__ = ["DIVERGED_EXIT_CODE", "REQUEUE_EXIT_CODE", "STOP_SIGNALS", "StopRequested", "TrainingDiverged",
+           "check", "clear", "install", "local_checks", "requested", "signal_name", "uninstall"]
 
 REQUEUE_EXIT_CODE = 75
 """Exit code of a fit stopped by a signal: ``EX_TEMPFAIL`` of ``sysexits.h`` ("try again
 later"). ``overparam-lit sweep`` and its SLURM jobs resume such a fit; a batch script can requeue
 itself on it (``[ $? -eq 75 ] && scontrol requeue $SLURM_JOB_ID``)."""
+
+DIVERGED_EXIT_CODE = 3
+"""Exit code of a fit whose training loss became NaN or infinite (:class:`TrainingDiverged`): not
+bad input (2), and not worth a retry with the same settings; ``overparam-lit sweep`` records the
+fit as failed without retrying it."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite (for every member); the message names the step
+    and the last checkpoint before it. The CLI exits with :data:`DIVERGED_EXIT_CODE`."""
+
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 

@@ -12,6 +12,7 @@ import torch
 
 from overparam_lit.cli import main
 from overparam_lit.models.base import LOSS_GROWTH_LIMIT
+from overparam_lit.stopping import DIVERGED_EXIT_CODE
 
 COMMON = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--seed_everything", "0",
           "--data.num_samples", "1000", "--data.batch_size", "50", "--trainer.max_epochs", "3",
@@ -66,8 +67,10 @@ def diverged(run: Path, *extra: str, capfd) -> str:
     with pytest.raises(SystemExit) as exit_:
         main(["fit", *COMMON, "--trainer.default_root_dir", str(run),
               "--trainer.callbacks+=nanhooks.NanAfter", *extra])
-    assert exit_.value.code == 2
-    return capfd.readouterr().err.strip().splitlines()[-1]
+    assert exit_.value.code == DIVERGED_EXIT_CODE == 3  # its own code: not bad input (2)
+    line = capfd.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("overparam-lit: training diverged: the training loss became NaN")
+    return line
 
 
 @pytest.mark.parametrize("k", ["1", "8"])

@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -18,6 +19,8 @@ from overparam_lit.cli.config_files import resolve_config_args
 from overparam_lit.cli.console import quiet_console, stop_message
 from overparam_lit.cli.explain import _ARGV
 from overparam_lit.utils import ConfigError, check
+
+E = TypeVar("E", bound=BaseException)
 
 
 @dataclass(frozen=True)
@@ -53,15 +56,20 @@ def register_command(name: str, run: Callable[[list[str]], int | None], help: st
     return COMMANDS[name]
 
 
-def find_config_error(err: BaseException | None) -> ConfigError | None:
-    """The :class:`ConfigError` behind ``err`` (jsonargparse and Lightning wrap exceptions)."""
+def find_cause(err: BaseException | None, kind: type[E]) -> E | None:
+    """The exception of type ``kind`` behind ``err`` (jsonargparse and Lightning wrap exceptions)."""
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, ConfigError):
+        if isinstance(err, kind):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
     return None
+
+
+def find_config_error(err: BaseException | None) -> ConfigError | None:
+    """The :class:`ConfigError` behind ``err``."""
+    return find_cause(err, ConfigError)
 
 
 def _help_with_commands() -> None:
@@ -116,8 +124,9 @@ register_command("reproductions", _reproductions,
 
 def main(args: list[str] | None = None) -> int | None:
     """Console entry point: run a registered command or the CLI, printing bad-input errors as
-    one paragraph (exit code 2). A registered command's non-zero exit code is raised as
-    ``SystemExit``, so ``python -m overparam_lit`` passes it on as well.
+    one paragraph (exit code 2) and a diverged training loss as one (exit code 3). A registered
+    command's non-zero exit code is raised as ``SystemExit``, so ``python -m overparam_lit``
+    passes it on as well.
 
     The working folder is importable, so ``--model my_study.MyNet`` finds ``./my_study.py``;
     ``-c callbacks/imp.yaml`` falls back to the packaged fragment when the path does not exist.
@@ -150,6 +159,10 @@ def main(args: list[str] | None = None) -> int | None:
             _help_with_commands()
         raise
     except Exception as err:
+        diverged = find_cause(err, stopping.TrainingDiverged)
+        if diverged is not None:
+            print(f"overparam-lit: training diverged: {diverged}", file=sys.stderr)
+            raise SystemExit(stopping.DIVERGED_EXIT_CODE) from None
         config_error = find_config_error(err)
         if config_error is None:
             raise

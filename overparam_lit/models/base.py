@@ -44,6 +44,7 @@ from overparam_lit.models.steps import (
     resolve_steps_per_call,
     val_period,
 )
+from overparam_lit.stopping import TrainingDiverged
 from overparam_lit.utils import ConfigError, check
 
 Task = Literal["classification", "regression"]
@@ -66,10 +67,6 @@ class RunningSums(Metric):
 
     def compute(self) -> Tensor:
         return self.sums
-
-
-class TrainingDiverged(ConfigError):
-    """The training loss became NaN or infinite."""
 
 
 LOSS_GROWTH_LIMIT = 1e6

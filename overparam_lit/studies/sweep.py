@@ -26,12 +26,12 @@ with its own run folder ``OUT/points/<fit>/`` and ``--wandb.group <sweep name>``
 - **Resumable**: a fit whose folder holds ``done.json`` is skipped; an interrupted fit resumes from
   its newest intact checkpoint (``--ckpt_path``, chosen by ``RunFolder.resume_checkpoint``); one
   that left a run without a checkpoint starts over (``--overwrite true``). A failing fit is retried
-  ``--retries`` times, except on bad input (exit code 2). A fit that ends while the sweep stops
-  (SIGTERM, Ctrl-C) is not recorded as done, even when Lightning ended it with exit code 0: a rerun
-  resumes it. A fit that exits 75 (stopped by a signal from outside, its folder resumable) is
-  ``stopped``, not retried: a rerun resumes it. The sweep's exit code: 0 when every fit is done,
-  1 when one failed, 75 when fits were stopped or cancelled from outside, 130 when the sweep
-  itself was stopped.
+  ``--retries`` times, except on bad input (exit code 2) or a diverged loss (exit code 3). A fit
+  that ends while the sweep stops (SIGTERM, Ctrl-C) is not recorded as done, even when Lightning
+  ended it with exit code 0: a rerun resumes it. A fit that exits 75 (stopped by a signal from
+  outside, its folder resumable) is ``stopped``, not retried: a rerun resumes it. The sweep's exit
+  code: 0 when every fit is done, 1 when one failed, 75 when fits were stopped or cancelled from
+  outside, 130 when the sweep itself was stopped.
 - **One sweep per folder**: a sweep holds ``OUT/sweep.lock`` while it runs, and a second sweep on the
   folder is refused (naming the process that holds it); a ``--fit`` run only checks that no whole
   sweep runs there. A folder that holds another study's sweep (another plan in ``sweep.json``) or one
@@ -73,7 +73,7 @@ from typing import Any
 import yaml
 
 from overparam_lit.runfolder import RunFolder, RunLock
-from overparam_lit.stopping import REQUEUE_EXIT_CODE
+from overparam_lit.stopping import DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE
 from overparam_lit.studies.grid import DONE_FILE, cli_text, parse_grid_arg, parse_set_arg
 from overparam_lit.studies.results import final_metrics, member_finals, write_results
 from overparam_lit.studies.runs import SweepFolder
@@ -1073,7 +1073,7 @@ class Sweep:
             tail = log.read_text().strip().splitlines()[-3:]
             print(f"[sweep] FAIL {fit.name} (attempt {attempt}, exit {rc}); log {log}:\n    "
                   + "\n    ".join(tail), flush=True)
-            if rc == BAD_INPUT:
+            if rc in (BAD_INPUT, DIVERGED_EXIT_CODE):  # the same settings would fail the same way
                 break
         atomic_write_json({"fit": fit.name, "attempts": self._attempts.get(fit.name), "exit_code": rc,
                            "log": str(log)}, self.folder.failed(fit.name))
