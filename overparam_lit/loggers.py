@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import csv
 import os
-import struct
 from argparse import Namespace
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -52,7 +51,6 @@ __all__ = [
     "RunCSVLogger",
     "RunWandbLogger",
     "flatten_config",
-    "read_wandb_run",
 ]
 
 
@@ -468,73 +466,4 @@ def flatten_config(config: Mapping[str, Any] | Namespace) -> dict[str, Any]:
     for key in ("subcommand", "__path__"):
         config.pop(key, None)
     walk("", config)
-    return out
-
-
-# ---- reading an offline W&B run ------------------------------------------------------------------
-def read_wandb_run(path: str | Path) -> dict[str, Any]:
-    """Read a local W&B run file (``run-<id>.wandb``, e.g. of an offline run) without a server.
-
-    The file is a LevelDB-style log of ``wandb_internal_pb2.Record`` messages (32 KiB blocks,
-    7-byte chunk headers) after a 7-byte W&B header. Returns ``{"run": {...}, "config": {key:
-    value}, "summary": {key: value}, "history": [row, ...], "metrics": [{"name", "glob_name",
-    "step_metric"}, ...]}`` with JSON values decoded; later config and summary updates win.
-    """
-    import json
-
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file (no ':W&B' header)")
-    block, pos, chunks, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        if left < 7:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        chunk, pos = data[pos:pos + length], pos + length
-        if kind == 0 and length == 0:
-            break
-        if kind == 1:
-            records.append(chunk)
-        elif kind == 2:
-            chunks = chunk
-        elif kind == 3:
-            chunks += chunk
-        elif kind == 4:
-            records.append(chunks + chunk)
-            chunks = b""
-
-    def key_of(item: Any) -> str:
-        return item.key if item.key else "/".join(item.nested_key)
-
-    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "metrics": []}
-    for raw in records:
-        rec = pb.Record()
-        rec.ParseFromString(raw)
-        kind = rec.WhichOneof("record_type")
-        if kind == "run":
-            r = rec.run
-            out["run"] = {"id": r.run_id, "project": r.project, "name": r.display_name,
-                          "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
-            for item in rec.run.config.update:
-                out["config"][key_of(item)] = json.loads(item.value_json)
-        elif kind == "config":
-            for item in rec.config.update:
-                out["config"][key_of(item)] = json.loads(item.value_json)
-        elif kind == "summary":
-            for item in rec.summary.update:
-                out["summary"][key_of(item)] = json.loads(item.value_json)
-        elif kind == "history":
-            out["history"].append({key_of(i): json.loads(i.value_json) for i in rec.history.item})
-        elif kind == "metric":
-            out["metrics"].append({"name": rec.metric.name, "glob_name": rec.metric.glob_name,
-                                   "step_metric": rec.metric.step_metric})
-    for wrapped in ("config",):  # wandb.init(config=...) values arrive as {"value": v}
-        for k, v in list(out[wrapped].items()):
-            if isinstance(v, dict) and set(v) == {"value"}:
-                out[wrapped][k] = v["value"]
     return out

@@ -3,11 +3,17 @@
 :class:`Blobs` is a small in-memory classification set, :func:`small_mlp` a small MLP for it and
 :func:`tiny_trainer` a quiet CPU trainer. ``tests/conftest.py`` turns them into fixtures; the
 scripts under ``tests/ddp/`` import them from here, so nothing needs ``sys.path`` changes.
+:func:`install_kill_hook` (with :data:`KILLED_CLI`) kills a CLI process at a chosen moment of an
+atomic write, and :func:`read_wandb_run` reads a local W&B run file without a server.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import signal
+import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,3 +111,118 @@ def tiny_trainer(root: str | Path, callbacks: Sequence[L.Callback] = (), **overr
     """A quiet CPU trainer writing to ``root`` (:data:`QUIET`, any of them overridden, plus any
     other ``Trainer`` argument, e.g. ``max_epochs=2`` or ``devices=2, strategy="ddp"``)."""
     return L.Trainer(default_root_dir=str(root), callbacks=list(callbacks), **{**QUIET, **overrides})
+
+
+# ---- killing a process at a chosen moment of an atomic write -------------------------------------
+KILL_STAGES = ("mid", "after")
+
+
+def install_kill_hook(spec: str) -> None:
+    """Make this process SIGKILL itself at one moment of :func:`~overparam_lit.utils.atomic_write`.
+
+    ``spec`` is ``mid:<file name>[#n]``: while the n-th (default first) atomic write of that file
+    is half done (temporary file written, not yet renamed), or ``after:<file name>[#n]``: right
+    after its rename landed. Kill tests need it because the gaps between two checkpoint files are
+    microseconds wide and polling the file system from outside cannot hit them.
+
+    The hook wraps ``os.replace`` and acts only on the rename that ends an atomic write of that
+    file (from its temporary file ``.<name>.*.tmp``), so the write itself runs unchanged.
+    """
+    stage, _, target = spec.partition(":")
+    name, _, nth = target.partition("#")
+    check(stage in KILL_STAGES and bool(name) and (not nth or nth.isdigit() and int(nth) >= 1),
+          "a kill spec is <stage>:<file name>[#n] with stage mid or after and n >= 1", spec,
+          "Use for example 'after:last.ckpt#2' or 'mid:metrics.csv'.")
+    nth_write, seen = int(nth or 1), [0]
+    replace = os.replace
+
+    def reached(at: str) -> None:
+        if at == stage:
+            seen[0] += 1
+            if seen[0] == nth_write:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    def replace_or_kill(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+        ours = (isinstance(src, (str, os.PathLike)) and isinstance(dst, (str, os.PathLike))
+                and Path(dst).name == name and Path(src).name.startswith(f".{name}.")
+                and Path(src).name.endswith(".tmp"))
+        if ours:
+            reached("mid")
+        replace(src, dst, *args, **kwargs)
+        if ours:
+            reached("after")
+
+    os.replace = replace_or_kill
+
+
+KILLED_CLI = ("import sys; from overparam_lit.testing import install_kill_hook; "
+              "install_kill_hook(sys.argv.pop(1)); from overparam_lit.cli import main; main()")
+"""``python -c KILLED_CLI SPEC ARGS...`` runs ``overparam-lit ARGS...`` in a process that kills
+itself at ``SPEC`` (see :func:`install_kill_hook`)."""
+
+
+# ---- reading an offline W&B run ------------------------------------------------------------------
+def read_wandb_run(path: str | Path) -> dict[str, Any]:
+    """Read a local W&B run file (``run-<id>.wandb``, e.g. of an offline run) without a server.
+
+    The file is a LevelDB-style log of ``wandb_internal_pb2.Record`` messages (32 KiB blocks,
+    7-byte chunk headers) after a 7-byte W&B header. Returns ``{"run": {...}, "config": {key:
+    value}, "summary": {key: value}, "history": [row, ...], "metrics": [{"name", "glob_name",
+    "step_metric"}, ...]}`` with JSON values decoded; later config and summary updates win.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (no ':W&B' header)")
+    block, pos, chunks, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        chunk, pos = data[pos:pos + length], pos + length
+        if kind == 0 and length == 0:
+            break
+        if kind == 1:
+            records.append(chunk)
+        elif kind == 2:
+            chunks = chunk
+        elif kind == 3:
+            chunks += chunk
+        elif kind == 4:
+            records.append(chunks + chunk)
+            chunks = b""
+
+    def key_of(item: Any) -> str:
+        return item.key if item.key else "/".join(item.nested_key)
+
+    out: dict[str, Any] = {"run": {}, "config": {}, "summary": {}, "history": [], "metrics": []}
+    for raw in records:
+        rec = pb.Record()
+        rec.ParseFromString(raw)
+        kind = rec.WhichOneof("record_type")
+        if kind == "run":
+            r = rec.run
+            out["run"] = {"id": r.run_id, "project": r.project, "name": r.display_name,
+                          "group": r.run_group, "job_type": r.job_type, "tags": list(r.tags)}
+            for item in rec.run.config.update:
+                out["config"][key_of(item)] = json.loads(item.value_json)
+        elif kind == "config":
+            for item in rec.config.update:
+                out["config"][key_of(item)] = json.loads(item.value_json)
+        elif kind == "summary":
+            for item in rec.summary.update:
+                out["summary"][key_of(item)] = json.loads(item.value_json)
+        elif kind == "history":
+            out["history"].append({key_of(i): json.loads(i.value_json) for i in rec.history.item})
+        elif kind == "metric":
+            out["metrics"].append({"name": rec.metric.name, "glob_name": rec.metric.glob_name,
+                                   "step_metric": rec.metric.step_metric})
+    for wrapped in ("config",):  # wandb.init(config=...) values arrive as {"value": v}
+        for k, v in list(out[wrapped].items()):
+            if isinstance(v, dict) and set(v) == {"value"}:
+                out[wrapped][k] = v["value"]
+    return out

@@ -70,29 +70,6 @@ def fsync_path(path: str | Path) -> None:
         os.close(fd)
 
 
-TEST_KILL_ENV = "OVERPARAM_LIT_TEST_KILL"
-"""Tests only: ``mid:<file name>[#n]`` SIGKILLs the process while the n-th (default first)
-atomic write of that file is half done (temporary file written, not yet renamed);
-``after:<file name>[#n]`` right after it landed. Used to prove that a kill at those moments
-loses nothing a resume needs."""
-_writes: dict[str, int] = {}
-
-
-def _test_kill(stage: str, path: Path) -> None:
-    spec = os.environ.get(TEST_KILL_ENV)
-    if not spec:
-        return
-    want_stage, _, target = spec.partition(":")
-    name, _, nth = target.partition("#")
-    if want_stage != stage or path.name != name:
-        return
-    count = _writes[f"{stage}:{name}"] = _writes.get(f"{stage}:{name}", 0) + 1
-    if count == int(nth or 1):
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 _DURABLE = [True]
 
 
@@ -131,11 +108,9 @@ def atomic_write(path: str | Path, write: Any, sync: bool | None = None) -> Path
         write(tmp)
         if sync:
             fsync_path(tmp)
-        _test_kill("mid", path)
         os.replace(tmp, path)
         if sync:
             fsync_path(path.parent)
-        _test_kill("after", path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

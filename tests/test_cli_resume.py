@@ -1,7 +1,8 @@
 """Resumes that cannot lose rows: real ``kill -9`` of ``python -m overparam_lit fit`` at the moments
 that used to lose or duplicate rows, then a resume, compared with an uninterrupted run.
 
-The kill moments come from the test-only ``OVERPARAM_LIT_TEST_KILL`` hook of
+The kill moments come from :func:`overparam_lit.testing.install_kill_hook`, installed in the
+child process (:data:`~overparam_lit.testing.KILLED_CLI`) around the renames of
 ``overparam_lit.utils.atomic_write`` (``after:last.ckpt#2`` = SIGKILL right after the second
 ``last.ckpt`` landed; ``mid:...`` = while the file is half written), because the gaps between two
 checkpoint files are microseconds wide and polling the file system cannot hit them.
@@ -22,7 +23,7 @@ import torch
 from overparam_lit.cli import main
 from overparam_lit.loggers import CheckpointedCSV
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import TEST_KILL_ENV
+from overparam_lit.testing import KILLED_CLI
 
 REPO = Path(__file__).resolve().parents[1]
 EPOCHS = 4
@@ -49,8 +50,8 @@ def epoch_rows(run: Path) -> list[tuple]:
 
 def fit_killed(run: Path, kill: str, *extra: str, env_extra: dict[str, str] | None = None) -> None:
     """``python -m overparam_lit fit`` that SIGKILLs itself at ``kill`` (see the module docstring)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", TEST_KILL_ENV: kill, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-m", "overparam_lit", "fit", *COMMON, *extra,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    proc = subprocess.run([sys.executable, "-c", KILLED_CLI, kill, "fit", *COMMON, *extra,
                            "--trainer.default_root_dir", str(run)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
@@ -196,9 +197,8 @@ def test_a_callback_table_follows_the_checkpoint_on_resume(tmp_path: Path, monke
     assert [(r["member"], r["epoch"]) for r in expected] == [(str(m), str(e)) for e in range(EPOCHS)
                                                               for m in range(2)]
     run = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", TEST_KILL_ENV: "after:epoch=002.ckpt",
-           "PYTHONPATH": str(tmp_path)}
-    proc = subprocess.run([sys.executable, "-m", "overparam_lit", "fit", *COMMON, *extra,
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", KILLED_CLI, "after:epoch=002.ckpt", "fit", *COMMON, *extra,
                            "--trainer.default_root_dir", str(run)], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]

@@ -1,6 +1,6 @@
 """W&B runs that can draw the studies: the whole config with dotted keys, own x axes for level-,
 probe- and snapshot-wise series, end-of-fit summaries, readable names and groups. The offline run
-file is read back with :func:`overparam_lit.loggers.read_wandb_run` (no server)."""
+file is read back with :func:`overparam_lit.testing.read_wandb_run` (no server)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from overparam_lit.cli import main
-from overparam_lit.loggers import flatten_config, read_wandb_run
+from overparam_lit.loggers import flatten_config
 from overparam_lit.runfolder import RunFolder
+from overparam_lit.testing import read_wandb_run
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from overparam_lit.cli import main
-from overparam_lit.loggers import read_wandb_run
 from overparam_lit.runfolder import RunFolder
+from overparam_lit.testing import read_wandb_run
 
 
 @pytest.fixture(scope="module")
