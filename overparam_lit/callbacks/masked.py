@@ -18,7 +18,8 @@ import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import override
 
-from overparam_lit import pruning, stopping
+from overparam_lit import pruning
+from overparam_lit.evaluation import member_totals
 from overparam_lit.models.steps import StepAwareCallback
 
 
@@ -35,43 +36,32 @@ def broadcast_masks(trainer: L.Trainer, masks: dict[str, Tensor]) -> dict[str, T
     return {n: out[n] for n in masks}
 
 
-@torch.no_grad()
+def _cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    return torch.nn.functional.cross_entropy(outputs, targets).reshape(1)
+
+
 def evaluate_members(trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> dict[str, Tensor]:
     """Each member's mean loss and accuracy on a split, summed over ranks: ``{"val/loss": (M,),
-    "val/acc": (M,)}`` (``M = 1`` for a single model). The clean label is the target."""
+    "val/acc": (M,)}`` (``M = 1`` for a single model). The clean label is the target. A stop signal
+    does not wait for the rest of an IMP level's evaluation (``member_totals(..., checks=True)``)."""
     dm = trainer.datamodule
     loader_fn = getattr(dm, f"{split}_dataloader", None) if dm is not None else None
     if loader_fn is None:
         return {}
-    was_training = pl_module.training
-    pl_module.eval()
-    device = pl_module.device
     classify = getattr(pl_module, "task", "classification") == "classification"
-    totals: Tensor | None = None  # (M, 3): loss sum, correct, count
-    for batch in loader_fn():
-        stopping.check()  # a stop signal does not wait for the rest of an IMP level's evaluation
-        x, y_true = batch[0].to(device), batch[-1].to(device)
-        if x.is_floating_point():
-            x = x.to(pl_module.dtype)  # the precision the fit runs in (the loop's batches are cast)
-        out = pl_module(x)
-        stacked = getattr(pl_module, "members", None) is not None
-        if hasattr(pl_module, "member_losses"):
-            losses = pl_module.member_losses(out, y_true)
-        else:
-            losses = torch.nn.functional.cross_entropy(out, y_true).reshape(1)
-        outs = out if stacked else out.unsqueeze(0)
-        n = x.shape[0]
-        hits = (outs.argmax(-1) == y_true).sum(-1) if classify else torch.zeros_like(losses)
-        part = torch.stack([losses.double() * n, hits.double(), torch.full_like(losses, n).double()], 1)
-        totals = part if totals is None else totals + part
-    pl_module.train(was_training)
-    if totals is None:
+    loss_fn = getattr(pl_module, "member_losses", None) or _cross_entropy
+    batches = ((batch[0], batch[-1]) for batch in loader_fn())
+    # the inputs in the precision the fit runs in (the loop's batches are cast), targets as they are
+    totals = member_totals(pl_module, loss_fn, batches, device=pl_module.device, dtype=pl_module.dtype,
+                           cast_targets=False, accuracy=classify,
+                           stacked=getattr(pl_module, "members", None) is not None,
+                           members=getattr(pl_module, "num_members", None),
+                           distributed=trainer.world_size > 1, checks=True)
+    if not totals.count:
         return {}
-    totals = trainer.strategy.reduce(totals, reduce_op="sum")
-    count = totals[:, 2].clamp_min(1)
-    res = {f"{split}/loss": (totals[:, 0] / count).cpu()}
+    res = {f"{split}/loss": totals.mean_loss().cpu()}
     if classify:
-        res[f"{split}/acc"] = (totals[:, 1] / count).cpu()
+        res[f"{split}/acc"] = totals.accuracy().cpu()
     return res
 
 
