@@ -14,14 +14,18 @@ Layout (names identical to what the callbacks write)::
     hparams.yaml             the model's hyperparameters
     run.lock                 held while a fit runs (host, pid, start time, command)
     checkpoints/             last.ckpt and epoch=NNN.ckpt
+    wandb/                   W&B's local files (offline runs upload with ``wandb sync``)
+    done.json                written by overparam-lit sweep when the fit of a point exits 0
+
+and a folder per study that ran, its files declared by the study
+(:mod:`overparam_lit.registry`)::
+
     imp/                     level_XX/{mask.pt, rewind.pt, final.pt, sparsity.json, metrics.json,
                              pruned_net.pt}, summary.json, ticket_start.json, ticket_result.json
     hessian/                 probe_step%08d.npz, density_step%08d.png
     widen/                   widen.json (the Widen callback's record)
     regions/                 bank.pt, maps_epoch%04d.npz, epoch%04d.png, history.json,
                              overview.png, filmstrip.png, filmstrip.gif
-    wandb/                   W&B's local files (offline runs upload with ``wandb sync``)
-    done.json                written by overparam-lit sweep when the fit of a point exits 0
 
 This module is pure (no Lightning import): the study readers use it too.
 """
@@ -41,6 +45,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from overparam_lit import registry
 from overparam_lit.utils import ConfigError, atomic_write_json, atomic_write_text, check
 
 __all__ = ["RunFolder", "RunLock", "read_checkpoint", "checkpoint_problem", "load_torch_file", "LOCK_ENV"]
@@ -50,7 +55,17 @@ LOCK_ENV = "OVERPARAM_LIT_RUN_LOCK"
 processes inherit it and so recognise their parent's lock instead of refusing it."""
 
 
-class RunFolder:
+class _StudyArtifacts(type):
+    """Class-level lookup of the studies' artifact names (``hasattr(RunFolder, "imp_mask")``)."""
+
+    def __getattr__(cls, name: str) -> str:
+        path = registry.artifact(name) if not name.startswith("_") else None
+        if path is None:
+            raise AttributeError(f"type object 'RunFolder' has no attribute {name!r}")
+        return path
+
+
+class RunFolder(metaclass=_StudyArtifacts):
     """Names and reads/writes the artifacts of one run folder.
 
     Args:
@@ -58,7 +73,10 @@ class RunFolder:
 
     Every path is a property or method of this class, so a script or callback never spells a
     file name itself: ``RunFolder(root).last_ckpt``, ``RunFolder(root).imp_mask(3)``,
-    ``RunFolder.of(trainer).hessian_probe(step)``.
+    ``RunFolder.of(trainer).hessian_probe(step)``. The run's own files are named here; each
+    study's files are named by its declaration (:class:`~overparam_lit.registry.Study`
+    ``artifacts``) and appear as attributes of the same name: a path, a function of the path's
+    fields (``imp_mask(level)``), or a function listing what exists (``imp_levels()``).
     """
 
     CONFIG = "config.yaml"
@@ -70,15 +88,11 @@ class RunFolder:
     LAST_CKPT = "last.ckpt"
     CKPT_FILENAME = "{epoch:03d}"
     """``ModelCheckpoint(filename=...)`` pattern: it writes ``epoch=NNN.ckpt``."""
-    IMP = "imp"
-    HESSIAN = "hessian"
-    REGIONS = "regions"
-    WIDEN = "widen"
     WANDB = "wandb"
     DONE = "done.json"
-    RUN_ARTIFACTS = (CONFIG, METRICS, MEMBERS, HPARAMS, CHECKPOINTS, IMP, HESSIAN, REGIONS, WIDEN, WANDB,
-                     DONE)
-    """Names whose presence means the folder holds a run (cleared by ``--overwrite``)."""
+    CORE_ARTIFACTS = (CONFIG, METRICS, MEMBERS, HPARAMS, CHECKPOINTS, WANDB, DONE)
+    """The run's own names; with every study's folder (:meth:`run_artifacts`), the names whose
+    presence means the folder holds a run (cleared by ``--overwrite``)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -90,6 +104,23 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.root)!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        path = registry.artifact(name) if not name.startswith("_") else None
+        if path is None:
+            raise AttributeError(f"'RunFolder' object has no attribute {name!r}")
+        return registry.resolve(self.root, path)
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *registry.artifact_names()})
+
+    @classmethod
+    def run_artifacts(cls) -> tuple[str, ...]:
+        """Names whose presence means the folder holds a run: the run's own and every registered
+        study's folder (cleared by ``--overwrite``)."""
+        own = (cls.CONFIG, cls.METRICS, cls.MEMBERS, cls.HPARAMS, cls.CHECKPOINTS)
+        studies = (f for f in registry.study_folders() if f not in cls.CORE_ARTIFACTS)
+        return (*own, *studies, cls.WANDB, cls.DONE)
 
     # ---- top-level files -----------------------------------------------------------------
     @property
@@ -173,120 +204,6 @@ class RunFolder:
             return False
         return True
 
-    # ---- study artifacts -------------------------------------------------------------------
-    @property
-    def imp(self) -> Path:
-        """``imp/``: iterative magnitude pruning and ticket artifacts."""
-        return self.root / self.IMP
-
-    def imp_level(self, level: int) -> Path:
-        """``imp/level_XX/``."""
-        return self.imp / f"level_{level:02d}"
-
-    def imp_mask(self, level: int) -> Path:
-        """``imp/level_XX/mask.pt``: boolean masks by parameter name."""
-        return self.imp_level(level) / "mask.pt"
-
-    def imp_rewind(self, level: int) -> Path:
-        """``imp/level_XX/rewind.pt``: the state the level started from (the ticket)."""
-        return self.imp_level(level) / "rewind.pt"
-
-    def imp_final(self, level: int) -> Path:
-        """``imp/level_XX/final.pt``: the weights at the end of the level."""
-        return self.imp_level(level) / "final.pt"
-
-    def imp_sparsity(self, level: int) -> Path:
-        """``imp/level_XX/sparsity.json``."""
-        return self.imp_level(level) / "sparsity.json"
-
-    def imp_metrics(self, level: int) -> Path:
-        """``imp/level_XX/metrics.json``."""
-        return self.imp_level(level) / "metrics.json"
-
-    def imp_pruned_net(self, level: int) -> Path:
-        """``imp/level_XX/pruned_net.pt``: the physically smaller net (structured IMP)."""
-        return self.imp_level(level) / "pruned_net.pt"
-
-    def imp_levels(self) -> list[Path]:
-        """Existing ``imp/level_XX/`` folders in level order."""
-        return sorted(p for p in self.imp.glob("level_*") if p.is_dir()) if self.imp.is_dir() else []
-
-    @property
-    def imp_summary(self) -> Path:
-        """``imp/summary.json``: every level with its density and metrics."""
-        return self.imp / "summary.json"
-
-    @property
-    def ticket_start(self) -> Path:
-        """``imp/ticket_start.json``: what a ticket run started from."""
-        return self.imp / "ticket_start.json"
-
-    @property
-    def ticket_result(self) -> Path:
-        """``imp/ticket_result.json``: a ticket run's final metrics."""
-        return self.imp / "ticket_result.json"
-
-    @property
-    def hessian(self) -> Path:
-        """``hessian/``: Hessian probe arrays and pictures."""
-        return self.root / self.HESSIAN
-
-    def hessian_probe(self, step: int) -> Path:
-        """``hessian/probe_step%08d.npz``."""
-        return self.hessian / f"probe_step{step:08d}.npz"
-
-    def hessian_density(self, step: int) -> Path:
-        """``hessian/density_step%08d.png``."""
-        return self.hessian / f"density_step{step:08d}.png"
-
-    @property
-    def regions(self) -> Path:
-        """``regions/``: decision-region snapshots."""
-        return self.root / self.REGIONS
-
-    @property
-    def regions_bank(self) -> Path:
-        """``regions/bank.pt``: the plane bank."""
-        return self.regions / "bank.pt"
-
-    def regions_maps(self, epoch: int) -> Path:
-        """``regions/maps_epoch%04d.npz``."""
-        return self.regions / f"maps_epoch{epoch:04d}.npz"
-
-    def regions_picture(self, epoch: int) -> Path:
-        """``regions/epoch%04d.png``."""
-        return self.regions / f"epoch{epoch:04d}.png"
-
-    @property
-    def regions_history(self) -> Path:
-        """``regions/history.json``."""
-        return self.regions / "history.json"
-
-    @property
-    def regions_overview(self) -> Path:
-        """``regions/overview.png``: planes x snapshots."""
-        return self.regions / "overview.png"
-
-    @property
-    def regions_filmstrip_png(self) -> Path:
-        """``regions/filmstrip.png``."""
-        return self.regions / "filmstrip.png"
-
-    @property
-    def regions_filmstrip_gif(self) -> Path:
-        """``regions/filmstrip.gif``."""
-        return self.regions / "filmstrip.gif"
-
-    @property
-    def widen(self) -> Path:
-        """Folder of the Widen callback's artifacts."""
-        return self.root / self.WIDEN
-
-    @property
-    def widen_json(self) -> Path:
-        """``widen/widen.json``: when and how the network was widened."""
-        return self.widen / "widen.json"
-
     @property
     def wandb(self) -> Path:
         """``wandb/``: W&B's local run files."""
@@ -356,7 +273,7 @@ class RunFolder:
         """The run artifacts present in the folder (what shows it holds a run)."""
         if not self.root.is_dir():
             return []
-        found = [self.root / name for name in self.RUN_ARTIFACTS if (self.root / name).exists()]
+        found = [self.root / name for name in self.run_artifacts() if (self.root / name).exists()]
         return found + self.config_backups()
 
     def holds_run(self) -> bool:
@@ -364,8 +281,8 @@ class RunFolder:
         return bool(self.existing_artifacts())
 
     def clear(self) -> list[Path]:
-        """Delete the artifacts of an earlier run (``--overwrite``): every name in
-        :attr:`RUN_ARTIFACTS`, config backups and stale temporary files. Files that are no run
+        """Delete the artifacts of an earlier run (``--overwrite``): every name of
+        :meth:`run_artifacts`, config backups and stale temporary files. Files that are no run
         artifact (a sweep's logs, the user's notes) stay. Returns what was removed."""
         removed = self.existing_artifacts()
         removed += [p for p in self.root.glob(".*.tmp")] if self.root.is_dir() else []
@@ -381,9 +298,10 @@ class RunFolder:
         while holding the folder's lock). Returns what was removed."""
         if not self.root.is_dir():
             return []
-        stale = [p for d in (self.root, self.checkpoints, self.imp, self.hessian, self.regions) if d.is_dir()
-                 for p in d.glob(".*.tmp") if p.is_file()]
-        stale += [p for d in self.imp_levels() for p in d.glob(".*.tmp") if p.is_file()]
+        folders = [self.root, self.checkpoints, *(self.root / f for f in registry.study_folders())]
+        folders += [d for f in registry.study_folders() if (self.root / f).is_dir()
+                    for d in (self.root / f).rglob("*") if d.is_dir()]
+        stale = [p for d in folders if d.is_dir() for p in d.glob(".*.tmp") if p.is_file()]
         for path in stale:
             path.unlink(missing_ok=True)
         return stale

@@ -19,7 +19,6 @@ subcommands and :func:`main`). A name is looked up in the module that defines it
 from overparam_lit.cli.app import RUN_DIR_ENV, OverparamCLI
 from overparam_lit.cli.checks import (
     LATE_CHECKED,
-    MODEL_CHANGING_CALLBACKS,
     check_checkpoint_callbacks,
     check_checkpoint_matches,
     check_optimizer_config,
@@ -50,7 +49,7 @@ from overparam_lit.cli.wandb import (
 )
 
 __all__ = [
-    "COMMANDS", "DEBUG_ENV", "FRAGMENTS", "LATE_CHECKED", "MODEL_CHANGING_CALLBACKS", "RUN_DIR_ENV",
+    "COMMANDS", "DEBUG_ENV", "FRAGMENTS", "LATE_CHECKED", "RUN_DIR_ENV",
     "Command", "DefineWandbAxes", "EpochLines", "OverparamArgumentParser", "OverparamCLI",
     "ParserProblem", "SaveRunConfig", "WandbOptions", "check_checkpoint_callbacks",
     "check_checkpoint_matches", "check_optimizer_config", "check_run_folder", "check_seed",

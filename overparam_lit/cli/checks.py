@@ -1,6 +1,7 @@
 """Checks of a fit's config before anything is instantiated or written: trainer devices and
 accelerator, epochs, seed, learning rate, the checkpoint given with ``--ckpt_path`` and the run
-folder. Each refusal is a :class:`~overparam_lit.utils.ConfigError` (one paragraph, exit code 2)."""
+folder. Each refusal is a :class:`~overparam_lit.utils.ConfigError` (one paragraph, exit code 2).
+No Lightning import: the checks read plain config values."""
 
 from __future__ import annotations
 
@@ -11,15 +12,11 @@ from typing import Any
 
 import torch
 from jsonargparse import Namespace
-from lightning.pytorch import Callback
 
+from overparam_lit import registry
 from overparam_lit.models.stack import parse_seeds, parse_widths
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import ConfigError, check
-
-MODEL_CHANGING_CALLBACKS = {"IterativeMagnitudePruning": "imp", "TicketStart": "ticket", "Widen": "widen"}
-"""Callbacks whose checkpoint state changes the model (masks, a widened network), with their
-fragments: resuming without them is refused."""
 
 LATE_CHECKED = ("input_shape", "num_classes", "task", "seeds", "widths")
 """Model hyperparameters a checkpoint is compared on only once the model is built (they are linked
@@ -159,14 +156,14 @@ def check_checkpoint_callbacks(ckpt: Mapping[str, Any], callbacks: Any, ckpt_pat
     specs = callbacks if isinstance(callbacks, list) else ([callbacks] if callbacks else [])
     configured = {str(_as_dict(c).get("class_path", "")).rsplit(".", 1)[-1] for c in specs
                   if isinstance(_as_dict(c), Mapping)}
-    configured |= {type(c).__name__ for c in specs if isinstance(c, Callback)}
-    for name, fragment in MODEL_CHANGING_CALLBACKS.items():
+    configured |= {type(c).__name__ for c in specs if not isinstance(_as_dict(c), Mapping)}
+    for name, study in registry.model_changing().items():  # studies whose callback changes the model
         if any(k == name or k.startswith(name + "{") for k in saved):
+            add = f"add -c callbacks/{study.fragment}.yaml, or " if study.fragment else "add it, or "
             check(name in configured, f"--ckpt_path was written by a fit with {name}, which is not "
                   "configured now: the network it changed would not be restored (pruned weights would "
                   "come back, a widened network would not load)",
-                  ckpt_path, f"Resume with the same callbacks (add -c callbacks/{fragment}.yaml, or -c "
-                  "<run>/config.yaml).")
+                  ckpt_path, f"Resume with the same callbacks ({add}-c <run>/config.yaml).")
 
 
 def resolve_last_checkpoint(root: str | Path | None) -> str:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import Metric
 
-from overparam_lit import pruning
+from overparam_lit import pruning, registry
 from overparam_lit.compat import (
     cheap_cuda_checks,
     count_inner_steps,
@@ -701,42 +701,28 @@ class OverparamModule(L.LightningModule):
             checkpoint["first_train_loss"] = self.first_loss.double().cpu().tolist()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """A checkpoint of a network widened during its fit (the ``Widen`` callback) holds larger
-        tensors than the network the hyperparameters build: grow the network to its shapes first
-        (Lightning loads the weights after this hook, in a resume and in ``load_from_checkpoint``).
-        The checkpoint's epoch and step are kept as :attr:`trained_to` (a test of it reports them)."""
+        """Before the weights load (in a resume and in ``load_from_checkpoint``), every study that
+        changes the network's shapes brings it to the checkpoint's (its registered
+        ``load_checkpoint``: a network widened during its fit grows back), and a changed network
+        gets fresh optimizers. The checkpoint's epoch and step are kept as :attr:`trained_to` (a
+        test of it reports them)."""
         self.trained_to = (int(checkpoint.get("epoch", 0)), int(checkpoint.get("global_step", 0)))
         if checkpoint.get("first_train_loss") is not None:
             self.first_loss = torch.tensor(checkpoint["first_train_loss"], dtype=torch.float64)
-        state = checkpoint.get("state_dict") or {}
-        saved = {k[len("net."):]: tuple(v.shape) for k, v in state.items() if k.startswith("net.")}
-        mine = {n: tuple(t.shape) for n, t in [*self.net.named_parameters(), *self.net.named_buffers()]}
-        if all(saved.get(n, s) == s for n, s in mine.items()):
-            return
-        from overparam_lit.escape.surgery import resize_to
-
-        if self.members is not None:
-            check(all(s[:1] == (self.num_members,) for s in saved.values()),
-                  "the checkpoint holds another number of members", {n: s[:1] for n, s in saved.items()},
-                  "Load it with the members it was trained with.")
-            saved = {n: s[1:] for n, s in saved.items()}
-        self.set_network([resize_to(net, saved) for net in self.member_networks()],
-                         checkpoint.get("model_width"))
+        changed = [hook(self, checkpoint) for hook in registry.load_checkpoint_hooks()]
         trainer = self._trainer
-        if trainer is not None and trainer.strategy.optimizers:  # restored after the optimizers exist
-            from overparam_lit.compat import fresh_optimizers
+        if any(changed) and trainer is not None and trainer.strategy.optimizers:
+            from overparam_lit.compat import fresh_optimizers  # restored after the optimizers exist
 
             fresh_optimizers(trainer, self)
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Members write ``members.csv`` and a W&B table (:class:`MembersTable`)."""
-        if self.members is None:
-            return []
-        from overparam_lit.callbacks.members import MembersTable
-
-        if self._trainer is not None and any(isinstance(cb, MembersTable) for cb in self.trainer.callbacks):
-            return []  # a test after the fit keeps the fit's table
-        return [MembersTable()]
+        """The callbacks of the studies that attach to this module (:mod:`overparam_lit.registry`):
+        members write ``members.csv`` and a W&B table (``MembersTable``). One the trainer already
+        has is kept (a test after the fit keeps the fit's table)."""
+        have = self.trainer.callbacks if self._trainer is not None else []
+        return [cls() for cls in registry.attached_callbacks(self)
+                if not any(isinstance(cb, cls) for cb in have)]
 
     # ---- structural masks of padded members -----------------------------------------------
     def _bind_structure(self) -> None:
