@@ -10,6 +10,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+from tolerances import tol
 
 from overparam_lit import pruning
 from overparam_lit.callbacks.imp import IterativeMagnitudePruning
@@ -19,7 +20,6 @@ from overparam_lit.models import ResidualMLP
 from overparam_lit.pruning.imp import ImpOptions
 from overparam_lit.testing import small_mlp
 from overparam_lit.utils import ConfigError
-from tests.tolerances import tol
 
 LAYERS = {"a": (6, 5), "b": (4, 6)}
 
