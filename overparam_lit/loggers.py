@@ -42,7 +42,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write, durable, fsync_path
+from overparam_lit.utils import atomic_write, durable, fsync_path, read_csv_rows
 
 __all__ = [
     "CheckpointedCSV",
@@ -105,10 +105,7 @@ class CheckpointedCSV:
 
     def read(self) -> list[dict[str, str]]:
         """The rows on disk as dictionaries of strings."""
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as fh:
-            return list(csv.DictReader(fh))
+        return read_csv_rows(self.path, missing_ok=True)
 
     # ---- writing -----------------------------------------------------------------------------
     def append(self, row: Mapping[str, Any]) -> None:
@@ -388,13 +385,14 @@ def _short(class_path: str) -> str:
     return class_path.rsplit(".", 1)[-1]
 
 
-def _plain(value: Any) -> Any:
+def _wandb_value(value: Any) -> Any:
+    """A config value as W&B stores it: plain types, lists, names of callables, else text."""
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, tuple):
         value = list(value)
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        return [_wandb_value(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     if callable(value):
@@ -432,7 +430,7 @@ def flatten_config(config: Mapping[str, Any] | Namespace) -> dict[str, Any]:
             for k, v in value.items():
                 walk(f"{prefix}.{k}" if prefix else str(k), v)
             return
-        out[prefix] = _plain(value)
+        out[prefix] = _wandb_value(value)
 
     model = config.pop("model", None)
     if _is_class_spec(model):

@@ -33,7 +33,6 @@ This module is pure (no Lightning import): the study readers use it too.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import shutil
@@ -46,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from overparam_lit import registry
-from overparam_lit.utils import ConfigError, atomic_write_json, atomic_write_text, check
+from overparam_lit.utils import ConfigError, atomic_write_json, atomic_write_text, check, read_csv_rows
 
 __all__ = ["RunFolder", "RunLock", "read_checkpoint", "checkpoint_problem", "load_torch_file", "LOCK_ENV"]
 
@@ -246,11 +245,11 @@ class RunFolder(metaclass=_StudyArtifacts):
 
     def read_metrics(self) -> list[dict[str, str]]:
         """Rows of ``metrics.csv`` as dictionaries of strings (empty when missing)."""
-        return read_csv(self.metrics_csv)
+        return read_csv_rows(self.metrics_csv, missing_ok=True)
 
     def read_members(self) -> list[dict[str, str]]:
         """Rows of ``members.csv`` as dictionaries of strings (empty when missing)."""
-        return read_csv(self.members_csv)
+        return read_csv_rows(self.members_csv, missing_ok=True)
 
     def read_json(self, path: str | Path) -> Any:
         """A JSON artifact of this folder: a path of this class (``self.done_json``), absolute, or
@@ -330,15 +329,6 @@ class RunFolder(metaclass=_StudyArtifacts):
             what = "the run folder is not writable" if probe_dir == root else (
                 f"the run folder cannot be created: its parent {probe_dir} is not writable")
             raise ConfigError(f"{what} (got {str(root)!r}: {err.strerror or err}). {fix}") from None
-
-
-def read_csv(path: str | Path) -> list[dict[str, str]]:
-    """Rows of a CSV file as dictionaries of strings (empty when the file is missing)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 # ---- checkpoints ---------------------------------------------------------------------------

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import importlib
+import io
 import json
 import os
 import sys
 import tempfile
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -220,3 +222,44 @@ def lazy_exports(package: str, where: Mapping[str, Sequence[str]]) -> None:
 
     module.__dict__.update(_lazy_owner=owner, __getattr__=__getattr__, __dir__=__dir__)
     module.__class__ = _LazyPackage
+
+
+def read_csv_rows(path: str | Path, what: str | None = None, fix: str = "",
+                  columns: Iterable[str] = (), missing_ok: bool = False) -> list[dict[str, str]]:
+    """Rows of a CSV file as dictionaries of strings (the one CSV reader of the package).
+
+    ``missing_ok``: a missing file has no rows. With ``what`` (the file's name for a message, e.g.
+    ``"results.csv"``) a file that is not UTF-8 text, not a CSV table or unreadable, or that lacks
+    one of ``columns``, raises a :class:`ConfigError` that names it and ends with ``fix``; without
+    it such a file raises as Python does."""
+    if missing_ok and not Path(path).is_file():
+        return []
+    if what is None:
+        with open(path, newline="") as fh:
+            return list(csv.DictReader(fh))
+    got = f"(got {str(path)!r})"
+    try:
+        text = Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} is not text (byte {err.start} is not UTF-8) {got}. {fix}") from None
+    except OSError as err:
+        raise ConfigError(f"{what} cannot be read: {err.strerror or err} {got}. {fix}") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        rows = list(reader)
+        header = reader.fieldnames or []
+    except csv.Error as err:
+        raise ConfigError(f"{what} is not a CSV table: {err} {got}. {fix}") from None
+    missing = [c for c in columns if c not in header]
+    check(not missing, f"{what} lacks the column(s) {missing}", str(path), fix)
+    return rows
+
+
+def tuples_to_lists(value: Any) -> Any:
+    """``value`` with every tuple, also inside lists and dicts, made a list: how a config value
+    compares equal after a YAML or checkpoint round trip (YAML has no tuples)."""
+    if isinstance(value, (tuple, list)):
+        return [tuples_to_lists(v) for v in value]
+    if isinstance(value, dict):
+        return {k: tuples_to_lists(v) for k, v in value.items()}
+    return value

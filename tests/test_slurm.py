@@ -20,11 +20,12 @@ import pytest
 import torch
 import yaml
 
-from overparam_lit.runfolder import RunFolder, read_csv
+from overparam_lit.runfolder import RunFolder
 from overparam_lit.stopping import REQUEUE_EXIT_CODE
 from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.studies.sweep import resume_args, slurm_states
 from overparam_lit.testing import TINY_STUDY_BASE
+from overparam_lit.utils import read_csv_rows
 
 pytestmark = pytest.mark.slurm
 
@@ -100,7 +101,7 @@ def wait_for(what: str, ready, timeout: float = 120, proc: subprocess.Popen | No
 
 
 def rows(folder: Path) -> list[dict[str, str]]:
-    return read_csv(RunFolder(folder).metrics_csv)
+    return RunFolder(folder).read_metrics()
 
 
 def epochs_logged(folder: Path) -> int:
@@ -124,7 +125,7 @@ def test_sweep_of_four_fits_through_submitit(slurm_cluster, tmp_path: Path) -> N
     proc = run(sweep_cmd(study(tmp_path, [2, 4, 6, 8], epochs=2), out, "--slurm", "timeout_min=5"), tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     assert "submitted 4 job(s)" in proc.stdout and proc.stdout.count("[sweep] done ") == 4, proc.stdout
-    results = read_csv(SweepFolder(out).results)
+    results = read_csv_rows(SweepFolder(out).results)
     assert sorted(int(r["model.init_args.width"]) for r in results) == [2, 4, 6, 8]
     for r in results:  # each row holds its own fit's final test accuracy, as its metrics.csv logged it
         assert r["status"] == "done" and r["attempts"] == "1"
@@ -200,7 +201,7 @@ def test_stopped_sweep_cancels_its_jobs_and_scancel_is_reported(slurm_cluster, t
     assert sweep.returncode == 130 and "cancelled 1 SLURM job(s)" in first, first[-2000:]
     assert slurm_states([job_id(first)]).get(job_id(first)) in ("CANCELLED", None)
     assert took < 30, f"the sweep took {took:.1f} s to stop"
-    status = {r["fit"]: r["status"] for r in read_csv(SweepFolder(out).fits)}
+    status = {r["fit"]: r["status"] for r in read_csv_rows(SweepFolder(out).fits)}
     assert status == {"width-8": "stopped"} and resume_args(folder)[0] == "--ckpt_path"
     epochs_then = epochs_logged(folder)
 
@@ -215,7 +216,7 @@ def test_stopped_sweep_cancels_its_jobs_and_scancel_is_reported(slurm_cluster, t
     second = sweep.communicate(timeout=60)[0]
     assert sweep.returncode == REQUEUE_EXIT_CODE, second[-2000:]
     assert "cancelled width-8" in second and "FAIL" not in second, second[-2000:]
-    assert {r["fit"]: r["status"] for r in read_csv(SweepFolder(out).fits)} == {"width-8": "cancelled"}
+    assert {r["fit"]: r["status"] for r in read_csv_rows(SweepFolder(out).fits)} == {"width-8": "cancelled"}
     assert not SweepFolder(out).failed("width-8").exists()
 
     third = run(cmd, tmp_path)

@@ -27,7 +27,6 @@ from overparam_lit import stopping
 from overparam_lit.checkpointing import AtomicCheckpointIO, EpochBoundary, RunCheckpoint, StopOnSignal
 from overparam_lit.cli.checks import (
     _as_dict,
-    _plain,
     check_checkpoint_callbacks,
     check_checkpoint_matches,
     check_optimizer_config,
@@ -53,7 +52,7 @@ from overparam_lit.threads import (
     load_average,
     torch_default_threads,
 )
-from overparam_lit.utils import ConfigError, check
+from overparam_lit.utils import ConfigError, check, tuples_to_lists
 
 RUN_DIR_ENV = "OVERPARAM_LIT_RUN_DIR"
 """The default run folder chosen by the launching process; DDP child processes inherit it."""
@@ -235,9 +234,9 @@ class OverparamCLI(LightningCLI):
         sub = self._sub()
         if self.checkpoint is not None and isinstance(self.model, LightningModule):
             saved = dict(self.checkpoint.get("hyper_parameters") or {})
-            diffs = [f"model.{k}: checkpoint {v!r}, model {_plain(self.model.hparams[k])!r}"
+            diffs = [f"model.{k}: checkpoint {v!r}, model {tuples_to_lists(self.model.hparams[k])!r}"
                      for k, v in saved.items() if not k.startswith("_") and k in self.model.hparams
-                     and _plain(v) != _plain(self.model.hparams[k])]
+                     and tuples_to_lists(v) != tuples_to_lists(self.model.hparams[k])]
             check(not diffs, "--ckpt_path holds a different model than the one built: " + "; ".join(diffs),
                   str(sub.get("ckpt_path")), "Resume with the data and model settings the checkpoint was "
                   "trained with (for example -c <run>/config.yaml), or drop --ckpt_path.")
@@ -293,7 +292,7 @@ class OverparamCLI(LightningCLI):
         if config.get("logger") in (None, True):
             options = WandbOptions(**_as_dict(sub["wandb"]))
             self.wandb_mode = resolve_wandb_mode(options.mode)
-            kwargs["logger"] = make_loggers(root, options, self.run_config(), job_type=self.subcommand)
+            kwargs["logger"] = make_loggers(root, options, self.wandb_config(), job_type=self.subcommand)
         user = config.get("callbacks") or []
         user = list(user) if isinstance(user, list) else [user]
         has_ckpt = any(isinstance(c, ModelCheckpoint) for c in user)
@@ -325,7 +324,7 @@ class OverparamCLI(LightningCLI):
             raise ConfigError(f"the trainer settings were refused: {message} (got {given}). "
                               "Fix the --trainer.* option named above.") from None
 
-    def run_config(self) -> dict[str, Any]:
+    def wandb_config(self) -> dict[str, Any]:
         """The resolved config as flat dotted keys (the W&B run config). A members fit names its
         members as the model resolved them: ``model.seeds`` and ``model.widths`` (lists),
         ``model.members`` (their count), and, for several widths, ``model.width`` and
@@ -339,7 +338,7 @@ class OverparamCLI(LightningCLI):
         model = getattr(self, "model", None)
         for key in ("input_shape", "num_classes", "task"):
             if model is not None and key in getattr(model, "hparams", {}):
-                flat[f"model.{key}"] = _plain(model.hparams[key])
+                flat[f"model.{key}"] = tuples_to_lists(model.hparams[key])
         if model is not None and hasattr(model, "num_params"):
             flat["model.num_params"] = int(model.num_params)
         if model is not None and getattr(model, "members", None) is not None:

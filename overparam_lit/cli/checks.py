@@ -16,7 +16,7 @@ from jsonargparse import Namespace
 from overparam_lit import registry
 from overparam_lit.models.stack import parse_seeds, parse_widths
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import ConfigError, check
+from overparam_lit.utils import ConfigError, check, tuples_to_lists
 
 LATE_CHECKED = ("input_shape", "num_classes", "task", "seeds", "widths")
 """Model hyperparameters a checkpoint is compared on only once the model is built (they are linked
@@ -26,14 +26,6 @@ from the data module or resolved from the config's value)."""
 def _as_dict(value: Any) -> Any:
     if isinstance(value, Namespace):
         return value.as_dict()
-    return value
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
     return value
 
 
@@ -112,7 +104,8 @@ def _members_of(args: Mapping[str, Any], seed: Any = None) -> tuple[list[int] | 
     """The members ``(seeds, widths)`` that model arguments describe, resolved as the model
     resolves them (``None`` for a single model); ``seed`` is the run's seed for widths-only fits."""
     try:
-        seeds, widths = parse_seeds(_plain(args.get("seeds"))), parse_widths(_plain(args.get("widths")))
+        seeds = parse_seeds(tuples_to_lists(args.get("seeds")))
+        widths = parse_widths(tuples_to_lists(args.get("widths")))
     except ConfigError:
         return None  # refused with its own message when the model is built
     if seeds is None and widths is None:
@@ -138,8 +131,8 @@ def check_checkpoint_matches(ckpt: Mapping[str, Any], model: Mapping[str, Any], 
         # linked data values and members' resolved lists are compared once the model is built
         if key.startswith("_") or key not in args or key in LATE_CHECKED:
             continue
-        if _plain(saved) != _plain(_as_dict(args[key])):
-            diffs.append(f"model.{key}: checkpoint {saved!r}, config {_plain(args[key])!r}")
+        if tuples_to_lists(saved) != tuples_to_lists(_as_dict(args[key])):
+            diffs.append(f"model.{key}: checkpoint {saved!r}, config {tuples_to_lists(args[key])!r}")
     saved_members, members = _members_of(hparams), _members_of(args, seed)
     if members is not None and saved_members is not None and members[0] is None:
         members = (saved_members[0], members[1])  # only the widths can be compared

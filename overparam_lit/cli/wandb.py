@@ -61,10 +61,10 @@ def resolve_wandb_mode(mode: str) -> str:
     return mode
 
 
-def make_loggers(root: Path, options: WandbOptions, run_config: Mapping[str, Any] | None = None,
+def make_loggers(root: Path, options: WandbOptions, wandb_config: Mapping[str, Any] | None = None,
                  job_type: str | None = None) -> list[Logger]:
     """The CSV logger of ``root/metrics.csv`` (first, so the trainer's log folder is ``root``)
-    and, unless disabled, a W&B run whose config is ``run_config`` (flat dotted keys)."""
+    and, unless disabled, a W&B run whose config is ``wandb_config`` (flat dotted keys)."""
     loggers: list[Logger] = [RunCSVLogger(root)]
     mode = resolve_wandb_mode(options.mode)
     if mode != "disabled":
@@ -77,10 +77,10 @@ def make_loggers(root: Path, options: WandbOptions, run_config: Mapping[str, Any
             group = root.parent.parent.name or None
         tags = list(options.tags)
         for key in ("model.class_path", "data.class_path"):
-            if run_config and run_config.get(key):
-                tags.append(str(run_config[key]).rsplit(".", 1)[-1])
+            if wandb_config and wandb_config.get(key):
+                tags.append(str(wandb_config[key]).rsplit(".", 1)[-1])
         loggers.append(RunWandbLogger(  # an absolute folder: W&B's service process has its own cwd
-            run_config=run_config, save_dir=str(root.resolve()), project=options.project,
+            run_config=wandb_config, save_dir=str(root.resolve()), project=options.project,
             name=options.name or root.name, group=group, tags=list(dict.fromkeys(tags)) or None,
             job_type=job_type, offline=mode == "offline", log_model=False,
         ))

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from overparam_lit.utils import check
+from overparam_lit.utils import check, tuples_to_lists
 
 DONE_FILE = "done.json"
 """Completion marker of a fit of a sweep (``RunFolder.done_json``), written after it exits with 0."""
@@ -53,18 +53,8 @@ def cli_text(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (list, tuple, dict)):
-        return yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip()
+        return yaml.safe_dump(tuples_to_lists(value), default_flow_style=True, width=10_000).strip()
     return str(value)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    return value
 
 
 def check_key(key: str, source: str) -> str:

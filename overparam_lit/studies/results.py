@@ -9,7 +9,6 @@ validation epoch (with ``val_size: 0`` the validation split is the clean test se
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -20,7 +19,7 @@ import numpy as np
 
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.grid import parse_value
-from overparam_lit.utils import ConfigError, check
+from overparam_lit.utils import check, read_csv_rows
 
 RESULTS_FILE = "results.csv"
 
@@ -41,35 +40,6 @@ def require_dir(path: str | Path, what: str, needs: Iterable[str] = ()) -> Path:
         check(found, f"{what} holds none of {needs}", str(path),
               "Point the script at the folder a sweep or run wrote, or run it first.")
     return path
-
-
-def read_csv_rows(path: str | Path, what: str | None = None, fix: str = "",
-                  columns: Iterable[str] = ()) -> list[dict[str, str]]:
-    """Rows of a CSV file as dictionaries of strings.
-
-    With ``what`` (the file's name for a message, e.g. ``"results.csv"``) a file that is not
-    UTF-8 text, not a CSV table or unreadable, or that lacks one of ``columns``, raises a
-    :class:`ConfigError` that names it and ends with ``fix``; without it such a file raises as
-    Python does."""
-    if what is None:
-        with open(path, newline="") as fh:
-            return list(csv.DictReader(fh))
-    got = f"(got {str(path)!r})"
-    try:
-        text = Path(path).read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{what} is not text (byte {err.start} is not UTF-8) {got}. {fix}") from None
-    except OSError as err:
-        raise ConfigError(f"{what} cannot be read: {err.strerror or err} {got}. {fix}") from None
-    try:
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        rows = list(reader)
-        header = reader.fieldnames or []
-    except csv.Error as err:
-        raise ConfigError(f"{what} is not a CSV table: {err} {got}. {fix}") from None
-    missing = [c for c in columns if c not in header]
-    check(not missing, f"{what} lacks the column(s) {missing}", str(path), fix)
-    return rows
 
 
 def _num(text: str | None) -> float | None:
