@@ -3,7 +3,8 @@
 A run folder (``--trainer.default_root_dir``) belongs to one fit. :class:`RunFolder` names each
 file in it, reads and writes the shared ones, and answers the questions the CLI and the sweep
 ask before a fit touches it (does it hold an earlier run? which checkpoint resumes it? is it
-writable?). :class:`RunLock` keeps two fits out of one folder at the same time.
+writable?). :class:`~overparam_lit.runlock.RunLock` keeps two fits out of one folder at the same
+time, and :mod:`overparam_lit.torch_files` reads its checkpoints with a clear error.
 
 Layout (names identical to what the callbacks write)::
 
@@ -32,26 +33,20 @@ This module is pure (no Lightning import): the study readers use it too.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import socket
-import sys
 import tempfile
-import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 from overparam_lit import registry
+from overparam_lit.runlock import LOCK_ENV, RunLock
+from overparam_lit.torch_files import checkpoint_problem, load_torch_file, read_checkpoint
 from overparam_lit.utils import ConfigError, atomic_write_json, atomic_write_text, check, read_csv_rows
 
 __all__ = ["RunFolder", "RunLock", "read_checkpoint", "checkpoint_problem", "load_torch_file", "LOCK_ENV"]
 
-LOCK_ENV = "OVERPARAM_LIT_RUN_LOCK"
-"""Set by the process that holds a run folder's lock to ``<lock path>|<token>``; DDP child
-processes inherit it and so recognise their parent's lock instead of refusing it."""
 
 
 class _StudyArtifacts(type):
@@ -329,265 +324,3 @@ class RunFolder(metaclass=_StudyArtifacts):
             what = "the run folder is not writable" if probe_dir == root else (
                 f"the run folder cannot be created: its parent {probe_dir} is not writable")
             raise ConfigError(f"{what} (got {str(root)!r}: {err.strerror or err}). {fix}") from None
-
-
-# ---- checkpoints ---------------------------------------------------------------------------
-def _torch_load(path: Path) -> dict[str, Any]:
-    import pickle
-
-    import torch
-
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except pickle.UnpicklingError as err:  # readable, but holds objects beyond plain tensors
-        if "weights_only" not in str(err).lower() and "weights only" not in str(err).lower():
-            raise
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-
-
-def _file_problem(path: Path) -> str | None:
-    """Why ``path`` is not a readable, non-empty file, or ``None``."""
-    if not path.exists():
-        return "no such file"
-    if path.is_dir():
-        return "it is a folder, not a file"
-    try:
-        size = path.stat().st_size
-    except OSError as err:
-        return f"cannot read it ({err.strerror or err})"
-    return "the file is empty (0 bytes)" if size == 0 else None
-
-
-def _load_problem(err: Exception) -> str:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return f"it does not load ({type(err).__name__}: {reason[:200]}); it is damaged or truncated"
-
-
-def load_torch_file(path: str | Path, what: str, fix: str) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, or a :class:`ConfigError` saying what is
-    wrong with the file (missing, a folder, empty, truncated or corrupt): masks, rewind states and
-    plane banks are read through it."""
-    import torch
-
-    path = Path(path)
-    problem = _file_problem(path)
-    if problem is None:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-            problem = _load_problem(err)
-    raise ConfigError(f"{what} cannot be read: {problem} (got {str(path)!r}). {fix}")
-
-
-def _inspect_checkpoint(path: Path) -> tuple[dict[str, Any] | None, str | None]:
-    problem = _file_problem(path)
-    if problem is not None:
-        return None, problem.replace("a file", "a checkpoint file")
-    try:
-        ckpt = _torch_load(path)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a damaged file
-        return None, _load_problem(err)
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        return None, "it loads but is not a Lightning checkpoint (no 'state_dict')"
-    return ckpt, None
-
-
-def checkpoint_problem(path: str | Path) -> str | None:
-    """Why ``path`` is not a loadable Lightning checkpoint, or ``None`` when it is."""
-    return _inspect_checkpoint(Path(path))[1]
-
-
-def read_checkpoint(path: str | Path, option: str = "--ckpt_path", use: str | None = None,
-                    otherwise: str | None = None) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, or raise :class:`ConfigError` saying what is
-    wrong with it and naming the newest intact checkpoint beside it (the one to resume from; ``use``
-    says what to do with it) or, when there is none, the fix ``otherwise``."""
-    use = use or f"resume with {option}"
-    otherwise = otherwise or f"start the fit again without {option}"
-    path = Path(path)
-    ckpt, problem = _inspect_checkpoint(path)
-    if ckpt is not None:
-        return ckpt
-    folder = path if path.is_dir() else path.parent
-    candidates = [p for p in sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-                  if p.is_file() and p.resolve() != path.resolve()] if folder.is_dir() else []
-    intact = next((p for p in candidates if checkpoint_problem(p) is None), None)
-    if intact is not None:
-        fix = f"The newest intact checkpoint there is {intact}: {use} {intact}."
-    elif path.is_dir():
-        fix = f"Give a checkpoint file, e.g. {option} {path / RunFolder.LAST_CKPT}."
-    else:
-        fix = f"No intact checkpoint lies beside it: {otherwise}."
-    raise ConfigError(f"{option} cannot be read: {problem} (got {str(path)!r}). {fix}")
-
-
-# ---- the lock ------------------------------------------------------------------------------
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class RunLock:
-    """A lock file that keeps a second fit out of a busy run folder.
-
-    ``acquire`` creates ``run.lock`` holding ``host``, ``pid``, ``token``, the start time and the
-    command, and holds an exclusive ``fcntl.flock`` on it while the fit runs; a process that dies
-    (even by SIGKILL) drops the flock with it, so its stale file is taken over. Where ``flock`` is
-    missing the file is created with ``O_CREAT|O_EXCL`` and a stale one (dead pid, same host) is
-    replaced. The holder exports :data:`LOCK_ENV`; DDP child processes inherit it and accept
-    their parent's lock (:attr:`inherited` is then true and they hold nothing).
-
-    Args:
-        path: the lock file (``RunFolder(root).lock_file``).
-    """
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
-        self.held = False
-        self.inherited = False
-        self._fd: int | None = None
-
-    def read(self) -> dict[str, Any]:
-        """The lock file's record (empty when missing or unreadable)."""
-        try:
-            return json.loads(self.path.read_text() or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def _inherited_token(self) -> str | None:
-        value = os.environ.get(LOCK_ENV, "")
-        where, _, token = value.rpartition("|")
-        if where and Path(where) == self.path.resolve():
-            return token
-        return None
-
-    def _record(self) -> str:
-        return json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "argv": sys.argv}) + "\n"
-
-    def _busy(self, info: dict[str, Any]) -> ConfigError:
-        who = f"pid {info.get('pid', '?')} on host {info.get('host', '?')}"
-        since = f" since {info['started']}" if info.get("started") else ""
-        return ConfigError(
-            f"the run folder is in use by another fit ({who}{since}; lock file {self.path}) "
-            f"(got {str(self.path.parent)!r}). Wait for that fit to end, or choose another "
-            "--trainer.default_root_dir; if that process is gone (another host that crashed), delete "
-            "the lock file.")
-
-    def check_free(self) -> None:
-        """Raise the "in use" :class:`ConfigError` when another fit holds the lock now; writes
-        nothing (the file is only opened for reading). A lock this process inherited is free."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
-            return
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            info = self._wait_for_record()
-            if info.get("token") != self._inherited_token():
-                raise self._busy(info) from None
-        else:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-        finally:
-            os.close(fd)
-
-    def acquire(self) -> RunLock:
-        """Take the lock, or accept the parent's (DDP child); :class:`ConfigError` when busy."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        inherited = self._inherited_token()
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            fcntl = None  # type: ignore[assignment]
-        if fcntl is None:  # pragma: no cover - not POSIX
-            return self._acquire_exclusive(inherited)
-        for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                info = self._wait_for_record()
-                if inherited is not None and info.get("token") == inherited:
-                    self.inherited = True
-                    return self
-                raise self._busy(info) from None
-            try:  # the holder may have unlinked the file between our open and our flock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            os.ftruncate(fd, 0)
-            os.write(fd, self._record().encode())
-            os.fsync(fd)
-            self._fd, self.held = fd, True
-            os.environ[LOCK_ENV] = f"{self.path.resolve()}|{self.token}"
-            return self
-        raise ConfigError(f"the run folder's lock file keeps changing (got {str(self.path)!r}). "
-                          "Another process is starting fits in this folder; stop it or use another folder.")
-
-    def _wait_for_record(self) -> dict[str, Any]:
-        info: dict[str, Any] = {}
-        for _ in range(50):  # the holder writes its record right after taking the flock
-            info = self.read()
-            if info.get("token"):
-                break
-            time.sleep(0.01)
-        return info
-
-    def _acquire_exclusive(self, inherited: str | None) -> RunLock:  # pragma: no cover - not POSIX
-        for _ in range(20):
-            try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                info = self._wait_for_record()
-                if inherited is not None and info.get("token") == inherited:
-                    self.inherited = True
-                    return self
-                stale = info.get("host") == socket.gethostname() and not _pid_alive(int(info.get("pid", 0)))
-                if stale:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(self.path)
-                    continue
-                raise self._busy(info) from None
-            os.write(fd, self._record().encode())
-            os.fsync(fd)
-            os.close(fd)
-            self.held = True
-            os.environ[LOCK_ENV] = f"{self.path.resolve()}|{self.token}"
-            return self
-        raise ConfigError(f"the run folder's lock file keeps changing (got {str(self.path)!r}). "
-                          "Another process is starting fits in this folder; stop it or use another folder.")
-
-    def release(self) -> None:
-        """Drop the lock (a no-op for an inherited or unheld lock)."""
-        if not self.held:
-            return
-        if self.read().get("token") == self.token:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        self.held = False
-        if os.environ.get(LOCK_ENV, "").endswith(f"|{self.token}"):
-            del os.environ[LOCK_ENV]
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()

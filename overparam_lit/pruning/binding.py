@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from overparam_lit.pruning.masks import apply_masks_, mask_grads_, mask_optimizer_state_
-from overparam_lit.runfolder import load_torch_file
+from overparam_lit.torch_files import load_torch_file
 from overparam_lit.utils import atomic_save, check
 
 MASK_FIX = "Point at a mask.pt written by IterativeMagnitudePruning (runs/<run>/imp/level_XX/mask.pt)."
@@ -24,7 +24,7 @@ MASK_FIX = "Point at a mask.pt written by IterativeMagnitudePruning (runs/<run>/
 
 def load_tensors(path: str | Path, what: str, fix: str) -> dict[str, Tensor]:
     """A ``{name: tensor}`` file saved with ``torch.save`` (read by
-    :func:`~overparam_lit.runfolder.load_torch_file`: a missing, empty, truncated or corrupt file, or
+    :func:`~overparam_lit.torch_files.load_torch_file`: a missing, empty, truncated or corrupt file, or
     a folder, is a :class:`ConfigError` naming it), checked to hold names and tensors only."""
     data = load_torch_file(path, what, fix)
     check(isinstance(data, dict) and all(isinstance(k, str) and torch.is_tensor(v) for k, v in data.items()),

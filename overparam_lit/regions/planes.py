@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from overparam_lit.runfolder import load_torch_file
+from overparam_lit.torch_files import load_torch_file
 from overparam_lit.utils import ConfigError, atomic_save, check
 
 POLICIES = ("random", "distinct_classes", "same_class", "mislabelled")
