@@ -13,10 +13,11 @@ from pathlib import Path
 
 import yaml
 
-from overparam_lit.runfolder import RunFolder, read_csv
+from overparam_lit.runfolder import RunFolder
 from overparam_lit.stopping import REQUEUE_EXIT_CODE
 from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.testing import TINY_STUDY_BASE
+from overparam_lit.utils import read_csv_rows
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
@@ -41,7 +42,7 @@ def test_fit_stopped_by_a_signal_is_resumed_not_retried(tmp_path: Path) -> None:
     first = sweep.communicate(timeout=120)[0]
     assert sweep.returncode == REQUEUE_EXIT_CODE, first[-2000:]
     assert "stopped width-8 (exit 75" in first and "FAIL" not in first, first[-2000:]
-    assert [r["status"] for r in read_csv(SweepFolder(out).fits)] == ["stopped"]
+    assert [r["status"] for r in read_csv_rows(SweepFolder(out).fits)] == ["stopped"]
     assert not SweepFolder(out).failed("width-8").exists() and not folder.done_json.exists()
     assert len(SweepFolder(out).logs_of("width-8")) == 1  # not retried
     rerun = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
