@@ -6,7 +6,6 @@ fit are pruned each by its own magnitudes, and every level artifact lists every 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -16,12 +15,14 @@ from typing_extensions import override
 
 from overparam_lit import pruning
 from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits
+from overparam_lit.callbacks.options import takes_options
 from overparam_lit.compat import fresh_optimizers
 from overparam_lit.pruning import module_state
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import atomic_save, atomic_write_json, check, log_scalars
 
 
+@takes_options(pruning.ImpOptions)
 class IterativeMagnitudePruning(MaskedTraining):
     """Iterative magnitude pruning with rewinding, all levels in one ``fit``.
 
@@ -35,58 +36,12 @@ class IterativeMagnitudePruning(MaskedTraining):
     ``rewind.pt`` (the dense state the level started from: a ticket), ``final.pt``,
     ``sparsity.json``, ``metrics.json``; ``imp/summary.json`` lists every level and member.
 
-    Args:
-        levels: pruning levels after the dense level 0 (>= 1).
-        fraction: ``geometric`` schedule: fraction of the remaining weights pruned per level.
-        schedule: ``geometric``, ``linear`` (sparsity linear in the level, to ``final_density``) or
-            ``list`` (``densities`` of levels 1..levels).
-        final_density: density of the last level of the ``linear`` schedule.
-        densities: densities of the ``list`` schedule.
-        epochs_per_level: epochs of one level; ``None`` takes the trainer's ``max_epochs`` (or,
-            when the trainer sets ``max_steps``, levels are measured in steps of that many).
-        scope: ``global`` (one threshold across layers, per member) or ``layerwise`` (one per layer,
-            or per pool with ``pool_bias``).
-        rewind: ``weights`` (to step ``rewind_step`` of level 0; 0 is the original lottery ticket),
-            ``lr`` (keep the trained weights, replay the LR schedule) or ``finetune``.
-        rewind_step: optimizer step of level 0 whose state is the rewind point.
-        output_fraction: per-level pruning fraction of the output layer (own geometric rate,
-            ``(1 - output_fraction) ** level`` under any schedule); 0 keeps it dense.
-        output_layer: module name of the output layer (default: the last Linear/Conv layer).
-        prune_biases: also prune the Linear/Conv biases by magnitude: with ``scope: global`` in the
-            one pool; with ``layerwise`` each bias as a tensor of its own (see ``pool_bias``).
-        pool_bias: prune each layer's weight and bias as one pool (one threshold over both; needs
-            ``prune_biases``), as the MNIST-1D notebook prunes a layer's parameters.
-        granularity: ``unstructured`` or ``structured`` (whole neurons and channels through
-            torch-pruning's dependency graph; single models only; exports ``pruned_net.pt``).
-        eval_splits: splits evaluated at the end of each level.
-        save_final_weights: write ``final.pt`` per level.
-        output: what happens to the output layer: ``dense`` (kept), ``schedule`` (pruned like
-            every other layer: in the global pool, or as a layer of its own under ``layerwise``)
-            or ``own`` (its own rate: ``output_fraction`` or ``output_final_density``). Unset:
-            ``own`` when ``output_fraction`` > 0, else ``dense``.
-        output_final_density: the output layer's own rate, linear in the level: its density falls
-            from 1 to this value at the last level (with ``output: own``, any schedule).
-        steps_per_level: optimizer steps of one level (levels in steps; the callback sets
-            ``max_steps``); validation every N steps is Lightning's ``val_check_interval: N`` with
-            ``check_val_every_n_epoch: null``.
-        replay_order: every level sees the training batches in the order level 0 saw them (the
-            data module's :meth:`~overparam_lit.data.base.ArrayDataModule.replay_order`); by
-            default the order is drawn per epoch of the whole fit.
+    The options are the fields of :class:`~overparam_lit.pruning.ImpOptions`, given as one
+    ``ImpOptions`` or as keywords (:func:`~overparam_lit.callbacks.options.takes_options`).
     """
 
-    def __init__(self, levels: int = 3, fraction: float = 0.2, schedule: str = "geometric",
-                 final_density: float | None = None, densities: Sequence[float] | None = None,
-                 epochs_per_level: int | None = None, scope: str = "global", rewind: str = "weights",
-                 rewind_step: int = 0, output_fraction: float = 0.0, output_layer: str | None = None,
-                 prune_biases: bool = False, granularity: str = "unstructured",
-                 eval_splits: Sequence[str] = ("val", "test"), save_final_weights: bool = True,
-                 pool_bias: bool = False, output: str | None = None,
-                 output_final_density: float | None = None, steps_per_level: int | None = None,
-                 replay_order: bool = False) -> None:
-        self.opts = pruning.ImpOptions(levels, fraction, schedule, final_density, densities, epochs_per_level,
-                                       scope, rewind, rewind_step, output_fraction, output_layer,
-                                       prune_biases, granularity, eval_splits, save_final_weights,
-                                       pool_bias, output, output_final_density, steps_per_level, replay_order)
+    def __init__(self, options: pruning.ImpOptions) -> None:
+        self.opts = options
         self.levels = self.opts.sparsity.levels
         self.levels_state = pruning.ImpLevels.from_options(self.opts)
         super().__init__()
@@ -128,6 +83,10 @@ class IterativeMagnitudePruning(MaskedTraining):
         if note:
             rank_zero_info(note)
         self._set_length(trainer)
+        members = getattr(pl_module, "members", None)
+        check(self.opts.granularity == "unstructured" or members is None,
+              "structured IMP prunes single models only", len(members or ()),
+              "Use granularity 'unstructured' with members, or fit without --model.seeds/widths.")
         self.levels_state.attach(pl_module, self.opts)
         if self.opts.replay_order:
             check(callable(getattr(trainer.datamodule, "replay_order", None)),

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -23,16 +23,11 @@ from overparam_lit.pruning.masks import SCOPES, pool_lists
 from overparam_lit.pruning.members import initial_masks, member_reports, own_counts, prune_members
 from overparam_lit.pruning.schedule import SparsitySchedule
 from overparam_lit.pruning.select import PrunableWeight, output_layer_name, prunable_weights
-from overparam_lit.pruning.structured import (
-    ChannelGroup,
-    channel_groups,
-    channel_report,
-    export_pruned,
-    group_masks,
-    prune_channels,
-)
 from overparam_lit.pruning.tickets import load_state_, module_state
 from overparam_lit.utils import ConfigError, check
+
+if TYPE_CHECKING:  # torch-pruning loads with the first structured run, not with the options
+    from overparam_lit.pruning.structured import ChannelGroup
 
 REWIND_MODES = ("weights", "lr", "finetune")
 OUTPUT_MODES = ("dense", "schedule", "own")
@@ -40,14 +35,52 @@ GRANULARITIES = ("unstructured", "structured")
 SPLITS = ("train", "val", "test")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImpOptions:
-    """The settings of an IMP run, checked on construction (the arguments of
-    :class:`~overparam_lit.callbacks.imp.IterativeMagnitudePruning`, which documents them).
+    """The settings of an IMP run (the options of
+    :class:`~overparam_lit.callbacks.imp.IterativeMagnitudePruning`), checked on construction.
 
     :attr:`sparsity` is the :class:`SparsitySchedule` they describe; with ``densities`` its number
     of levels is the number of densities. :attr:`output_mode` is ``output`` resolved (unset: ``own``
     when ``output_fraction`` > 0, else ``dense``).
+
+    Args:
+        levels: pruning levels after the dense level 0 (>= 1).
+        fraction: ``geometric`` schedule: fraction of the remaining weights pruned per level.
+        schedule: ``geometric``, ``linear`` (sparsity linear in the level, to ``final_density``) or
+            ``list`` (``densities`` of levels 1..levels).
+        final_density: density of the last level of the ``linear`` schedule.
+        densities: densities of the ``list`` schedule.
+        epochs_per_level: epochs of one level; ``None`` takes the trainer's ``max_epochs`` (or,
+            when the trainer sets ``max_steps``, levels are measured in steps of that many).
+        scope: ``global`` (one threshold across layers, per member) or ``layerwise`` (one per layer,
+            or per pool with ``pool_bias``).
+        rewind: ``weights`` (to step ``rewind_step`` of level 0; 0 is the original lottery ticket),
+            ``lr`` (keep the trained weights, replay the LR schedule) or ``finetune``.
+        rewind_step: optimizer step of level 0 whose state is the rewind point.
+        output_fraction: per-level pruning fraction of the output layer (own geometric rate,
+            ``(1 - output_fraction) ** level`` under any schedule); 0 keeps it dense.
+        output_layer: module name of the output layer (default: the last Linear/Conv layer).
+        prune_biases: also prune the Linear/Conv biases by magnitude: with ``scope: global`` in the
+            one pool; with ``layerwise`` each bias as a tensor of its own (see ``pool_bias``).
+        pool_bias: prune each layer's weight and bias as one pool (one threshold over both; needs
+            ``prune_biases``), as the MNIST-1D notebook prunes a layer's parameters.
+        granularity: ``unstructured`` or ``structured`` (whole neurons and channels through
+            torch-pruning's dependency graph; single models only; exports ``pruned_net.pt``).
+        eval_splits: splits evaluated at the end of each level.
+        save_final_weights: write ``final.pt`` per level.
+        output: what happens to the output layer: ``dense`` (kept), ``schedule`` (pruned like
+            every other layer: in the global pool, or as a layer of its own under ``layerwise``)
+            or ``own`` (its own rate: ``output_fraction`` or ``output_final_density``). Unset:
+            ``own`` when ``output_fraction`` > 0, else ``dense``.
+        output_final_density: the output layer's own rate, linear in the level: its density falls
+            from 1 to this value at the last level (with ``output: own``, any schedule).
+        steps_per_level: optimizer steps of one level (levels in steps; the callback sets
+            ``max_steps``); validation every N steps is Lightning's ``val_check_interval: N`` with
+            ``check_val_every_n_epoch: null``.
+        replay_order: every level sees the training batches in the order level 0 saw them (the
+            data module's :meth:`~overparam_lit.data.base.ArrayDataModule.replay_order`); by
+            default the order is drawn per epoch of the whole fit.
     """
 
     levels: int = 3
@@ -293,7 +326,9 @@ class ImpLevels:
         masked = {w.name: params[w.name] for w in targets.weights}
         if opts.granularity == "structured":
             check(members is None, "structured IMP prunes single models only", members or 0,
-                  "Use granularity 'unstructured' with members, or fit without --model.seeds/widths.")
+                  "Use granularity 'unstructured' with members, or prune a single model.")
+            from overparam_lit.pruning.structured import channel_groups
+
             out, prefix = targets.output_layer, targets.prefix
             try:
                 self.groups = channel_groups(getattr(module, "net", module), example_input(module),
@@ -472,11 +507,15 @@ class ImpLevels:
         report: dict[str, Any] = reports[0] if len(reports) == 1 and self.num_members is None \
             else {"members": reports}
         if self.groups is not None:
+            from overparam_lit.pruning.structured import channel_report
+
             report["channels"] = channel_report(self.groups, self.keep)
         return report
 
     def export(self, module: nn.Module) -> nn.Module:
         """The structurally pruned network of ``module`` (``module.net`` with only the kept channels)."""
+        from overparam_lit.pruning.structured import export_pruned
+
         assert self.keep is not None
         return export_pruned(module.net, example_input(module), self.keep, prefix="net.")
 
@@ -484,6 +523,8 @@ class ImpLevels:
         """Density-1 masks of the prunable ``weights`` (unless already restored)."""
         if self.masks is None:
             if self.groups is not None:
+                from overparam_lit.pruning.structured import group_masks
+
                 self.keep = {g.root: torch.ones(g.size, dtype=torch.bool) for g in self.groups}
                 self.masks = group_masks(self.groups, weights, self.keep)
             else:
@@ -494,6 +535,8 @@ class ImpLevels:
         """Masks of ``level``: the largest-magnitude survivors of every member."""
         assert self.masks is not None
         if self.groups is not None:
+            from overparam_lit.pruning.structured import group_masks, prune_channels
+
             density = self.schedule.density(level)
             self.keep = prune_channels(self.groups, weights, self.keep, density, self.scope)
             return group_masks(self.groups, weights, self.keep)
