@@ -6,14 +6,16 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import lightning as L
 import numpy as np
 import torch
 from typing_extensions import override
 
-from overparam_lit.curvature.plan import ProbePlan
+from overparam_lit.callbacks.options import takes_options
+from overparam_lit.curvature.plan import ProbeOptions, ProbePlan
 from overparam_lit.curvature.subset import kept_masks, subset_dims, subset_names
 from overparam_lit.models.steps import StepAwareCallback
 from overparam_lit.runfolder import RunFolder
@@ -23,9 +25,6 @@ from overparam_lit.utils import atomic_save_npz, check, log_image, log_scalars
 if TYPE_CHECKING:
     from overparam_lit.curvature.probe import ProbeBudget
     from overparam_lit.curvature.spectrum import SpectrumSummary
-
-Schedule = Literal["epochs", "steps", "log_steps"]
-
 
 def log_spaced_steps(max_step: int, num_probes: int) -> list[int]:
     """About ``num_probes`` distinct steps in ``[1, max_step]``, spaced evenly in log scale."""
@@ -95,6 +94,48 @@ def _seconds(s: float) -> str:
     return f"{s:.0f} s" if s < 600 else f"{s / 60:.0f} min"
 
 
+@dataclass(frozen=True, kw_only=True)
+class HessianProbeOptions(ProbeOptions, ProbePlan):
+    """The options of :class:`HessianProbe`, checked on construction: when it probes (the fields of
+    :class:`ProbePlan`), what a probe computes (those of :class:`ProbeOptions`), and how the
+    callback runs the probes (its own fields, below).
+
+    Args:
+        eval_mode: probe in eval mode (BatchNorm running statistics, no dropout).
+        params: names (or name prefixes) of the parameters spanning the Hessian; default all.
+        per_layer: also log ``hessian/layer/<module>/lambda_max`` for each layer's block.
+        masks_attr: attribute of the module holding ``{param name: 0/1 mask}``; when absent, the
+            ``masks`` of a pruning callback on the trainer are used (only unpruned weights span the
+            Hessian); ``None`` ignores masks. A stack's padding never counts.
+        save_figure: save and log the density picture.
+        progress_every: seconds between a probe's progress lines on the console (rank zero,
+            stderr). Every probe prints a start line after its second Hessian-vector product: its
+            size, its budget (the most products it may spend) and an estimate of its time from its
+            first two products (the first also builds what the others reuse), e.g. ``hessian probe
+            step 120: 78,858 parameters x 1 member, 1000 samples; at most 940 products (Lanczos
+            top 100 / bottom 300, SLQ 8 x 80); about 9 s (first product 19 ms, then 10 ms each)``.
+            A probe that runs longer than ``progress_every`` seconds then prints ``hessian probe
+            step 120: 517/940 products, 10 s`` that often, and a last line when it is done. ``0``
+            prints after every product; ``None`` prints nothing.
+    """
+
+    eval_mode: bool = True
+    params: Sequence[str] | None = None
+    per_layer: bool = False
+    masks_attr: str | None = "pruning_masks"
+    save_figure: bool = True
+    progress_every: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        ProbePlan.__post_init__(self)
+        ProbeOptions.__post_init__(self)
+        check(self.progress_every is None or self.progress_every >= 0, "progress_every must be >= 0 seconds",
+              self.progress_every, "Use e.g. 10 (seconds between progress lines), 0 for every product, "
+              "or null for no console lines.")
+        object.__setattr__(self, "params", None if self.params is None else list(self.params))
+
+
+@takes_options(HessianProbeOptions)
 class HessianProbe(StepAwareCallback):
     """Probe the Hessian spectrum of the training loss during training.
 
@@ -116,69 +157,13 @@ class HessianProbe(StepAwareCallback):
     the probe set is split over ranks, products are summed over them, and every rank uses rank 0's
     buffers (BatchNorm statistics), so the spectrum is that of the checkpointed network.
 
-    Args:
-        schedule: ``epochs`` (every ``every`` epochs), ``steps`` (every ``every`` optimizer steps)
-            or ``log_steps`` (``num_probes`` steps log-spaced up to ``max_step``).
-        every: period of the ``epochs`` and ``steps`` schedules.
-        num_probes: number of probes of the ``log_steps`` schedule.
-        max_step: last step of ``log_steps`` (default: the fit's total number of optimizer steps,
-            known once every callback has set up, so an IMP callback's longer fit counts).
-        probe_at_start: also probe before the first step.
-        probe_size: samples in the probe set (split over DDP ranks).
-        split: data split of the probe set.
-        seed: seed of the probe-set draw and of the random start vectors.
-        chunk_size: samples per HVP chunk (memory bound).
-        k: eigenvalues reported at each end of the spectrum.
-        lanczos_iters: most HVPs of the Lanczos run.
-        bottom_iters: most HVPs the bottom end may use to resolve the sign of ``lambda_min``
-            (default: ``lanczos_iters``).
-        tol: relative residual tolerance of each end of the Lanczos run.
-        slq_runs: SLQ runs; 0 skips density, negative fraction and trace.
-        slq_iters: Lanczos steps per SLQ run.
-        negative_eps: eigenvalues below ``-negative_eps * lambda_max`` count as negative.
-        density_width: Gaussian width of the pictured density, as a fraction of the spectrum's range.
-        eval_mode: probe in eval mode (BatchNorm running statistics, no dropout).
-        method: ``auto``, ``jvp`` (forward-over-reverse) or ``double_backward``.
-        dtype: ``float32`` or ``float64``.
-        params: names (or name prefixes) of the parameters spanning the Hessian; default all.
-        per_layer: also log ``hessian/layer/<module>/lambda_max`` for each layer's block.
-        masks_attr: attribute of the module holding ``{param name: 0/1 mask}``; when absent, the
-            ``masks`` of a pruning callback on the trainer are used (only unpruned weights span the
-            Hessian); ``None`` ignores masks. A stack's padding never counts.
-        save_figure: save and log the density picture.
-        progress_every: seconds between a probe's progress lines on the console (rank zero,
-            stderr). Every probe prints a start line after its second Hessian-vector product: its
-            size, its budget (the most products it may spend) and an estimate of its time from its
-            first two products (the first also builds what the others reuse), e.g. ``hessian probe
-            step 120: 78,858 parameters x 1 member, 1000 samples; at most 940 products (Lanczos
-            top 100 / bottom 300, SLQ 8 x 80); about 9 s (first product 19 ms, then 10 ms each)``.
-            A probe that runs longer than ``progress_every`` seconds then prints ``hessian probe
-            step 120: 517/940 products, 10 s`` that often, and a last line when it is done. ``0``
-            prints after every product; ``None`` prints nothing.
+    The options are the fields of :class:`HessianProbeOptions`, given as one
+    ``HessianProbeOptions`` or as keywords (:func:`~overparam_lit.callbacks.options.takes_options`).
     """
 
-    def __init__(self, schedule: Schedule = "epochs", every: int = 1, num_probes: int = 20,
-                 max_step: int | None = None, probe_at_start: bool = True, probe_size: int = 1000,
-                 split: str = "train", seed: int = 0, chunk_size: int = 1000, k: int = 5,
-                 lanczos_iters: int = 100, bottom_iters: int | None = None, tol: float = 1e-4,
-                 slq_runs: int = 10, slq_iters: int = 80, negative_eps: float = 1e-2,
-                 density_width: float = 0.01, eval_mode: bool = True,
-                 method: Literal["auto", "jvp", "double_backward"] = "auto",
-                 dtype: Literal["float32", "float64"] = "float32", params: Sequence[str] | None = None,
-                 per_layer: bool = False, masks_attr: str | None = "pruning_masks",
-                 save_figure: bool = True, progress_every: float | None = 10.0) -> None:
-        from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
-
+    def __init__(self, options: HessianProbeOptions) -> None:
         super().__init__()
-        self.plan = ProbePlan(schedule, every, num_probes, probe_at_start, max_step)
-        self.opts = cp.ProbeOptions(k, lanczos_iters, tol, slq_runs, slq_iters, negative_eps, seed,
-                                    chunk_size, method, dtype, bottom_iters, probe_size, split, density_width)
-        self.eval_mode, self.params = eval_mode, list(params) if params is not None else None
-        self.per_layer, self.masks_attr, self.save_figure = per_layer, masks_attr, save_figure
-        check(progress_every is None or progress_every >= 0, "progress_every must be >= 0 seconds",
-              progress_every, "Use e.g. 10 (seconds between progress lines), 0 for every product, "
-              "or null for no console lines.")
-        self.progress_every = progress_every
+        self.opts = options
         self.probed_steps: list[int] = []
         self.history: list[dict[str, float]] = []
         self._points: set[int] = set()
@@ -187,8 +172,8 @@ class HessianProbe(StepAwareCallback):
     def _masks(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         """Kept entries: the module's ``masks_attr``, else a pruning callback's ``masks``, and-ed
         with a stack's structural masks (:func:`~overparam_lit.curvature.subset.kept_masks`)."""
-        found = getattr(pl_module, self.masks_attr, None) if self.masks_attr else None
-        if self.masks_attr and not found:
+        found = getattr(pl_module, self.opts.masks_attr, None) if self.opts.masks_attr else None
+        if self.opts.masks_attr and not found:
             found = next((cb.masks for cb in trainer.callbacks if cb is not self
                           and isinstance(getattr(cb, "masks", None), dict) and cb.masks), None)
         return kept_masks(getattr(pl_module, "net", pl_module), found)
@@ -210,32 +195,32 @@ class HessianProbe(StepAwareCallback):
         self._probe = None
         x, y = self._probe_set(trainer)
         net = getattr(pl_module, "net", pl_module)
-        dims = subset_dims(net, subset_names(net, self.params), self._masks(trainer, pl_module),
+        dims = subset_dims(net, subset_names(net, self.opts.params), self._masks(trainer, pl_module),
                            cp.member_count(pl_module))
         cp.check_k(self.opts.k, dims)
         cp.check_scalar_loss(pl_module, x, y)
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.plan.schedule == "log_steps":  # after every setup: an IMP callback's longer fit counts
-            self._points = self.plan.resolve(self.plan.max_step or int(trainer.estimated_stepping_batches))
-        if self.plan.at_start:
+        if self.opts.schedule == "log_steps":  # after every setup: an IMP callback's longer fit counts
+            self._points = self.opts.resolve(self.opts.max_step or int(trainer.estimated_stepping_batches))
+        if self.opts.probe_at_start:
             self._maybe_probe(trainer, pl_module)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.plan.unit == "steps" and self.plan.due(trainer.global_step, self._points):
+        if self.opts.unit == "steps" and self.opts.due(trainer.global_step, self._points):
             self._maybe_probe(trainer, pl_module)
 
     @override
     def next_event_step(self, trainer: L.Trainer, step: int) -> int | None:
         """The next probe step of a step schedule (``None`` on the ``epochs`` schedule)."""
-        return self.plan.next_point(step, self._points) if self.plan.unit == "steps" else None
+        return self.opts.next_point(step, self._points) if self.opts.unit == "steps" else None
 
     @override
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.plan.unit == "epochs" and self.plan.due(trainer.current_epoch + 1, self._points):
+        if self.opts.unit == "epochs" and self.opts.due(trainer.current_epoch + 1, self._points):
             self._maybe_probe(trainer, pl_module)
 
     def _maybe_probe(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -256,14 +241,14 @@ class HessianProbe(StepAwareCallback):
         buffers = {n: b.detach().clone() for n, b in net.named_buffers()} if w > 1 else None
         for n in sorted(buffers or {}):  # under DDP every rank takes rank 0's BatchNorm statistics
             buffers[n] = trainer.strategy.broadcast(buffers[n], src=0)
-        names, masks, members = subset_names(net, self.params), self._masks(trainer, pl_module), \
+        names, masks, members = subset_names(net, self.opts.params), self._masks(trainer, pl_module), \
             cp.member_count(pl_module)
-        budget = cp.probe_budget(net, names, masks, members, self.opts, int(x.shape[0]), self.per_layer)
-        progress = None if self.progress_every is None else \
-            _ProbeLines(trainer, int(trainer.global_step), budget, t0, float(self.progress_every))
+        budget = cp.probe_budget(net, names, masks, members, self.opts, int(x.shape[0]), self.opts.per_layer)
+        progress = None if self.opts.progress_every is None else \
+            _ProbeLines(trainer, int(trainer.global_step), budget, t0, float(self.opts.progress_every))
         summaries, layers = cp.probe_network(
             net, cp.probe_loss(pl_module), x[r::w], y[r::w], names, masks, members, self.opts, w > 1,
-            buffers, self.eval_mode, self.per_layer, progress, budget)
+            buffers, self.opts.eval_mode, self.opts.per_layer, progress, budget)
         loss = cp.probe_losses(pl_module, x[r::w], y[r::w], self.opts.chunk_size, w > 1)
         step = int(trainer.global_step)
         scalars = cp.probe_scalars(summaries, layers, time.perf_counter() - t0, step, trainer.current_epoch)
@@ -285,7 +270,7 @@ class HessianProbe(StepAwareCallback):
         rows = pl_module.member_rows() if cp.member_count(pl_module) is not None else None
         arrays, density = cp.probe_arrays(summaries, layers, step, trainer.current_epoch, rows,
                                           self.opts.density_width)
-        if density is not None and self.save_figure:
+        if density is not None and self.opts.save_figure:
             labels = [f"w{r['width']} s{r['seed']}" for r in rows] if rows is not None else [""]
             path = density_figure(summaries, *density, labels, step, run.hessian_density(step))
             log_image(trainer, "hessian/density", path, caption=f"step {step}")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from overparam_lit.curvature.hvp import HessianOperator, layer_subsets
 from overparam_lit.curvature.lanczos import lanczos_batched
 from overparam_lit.curvature.members import MemberHessian
+from overparam_lit.curvature.plan import ProbeOptions
 from overparam_lit.curvature.plots import densities
 from overparam_lit.curvature.spectrum import SpectrumSummary, hessian_spectrum_batched
 from overparam_lit.curvature.subset import subset_dims
@@ -29,53 +30,6 @@ LossFn = Callable[[Tensor, Tensor], Tensor]
 Progress = Callable[[int, int], None]
 """``progress(done, total)``: called after each Hessian-vector product of a probe, with the
 products done so far and the most the probe may spend (:attr:`ProbeBudget.total`)."""
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-METHODS = ("auto", "jvp", "double_backward")
-
-
-@dataclass(frozen=True)
-class ProbeOptions:
-    """What a probe computes (:class:`overparam_lit.callbacks.hessian.HessianProbe` documents each
-    setting), checked on construction; ``dtype`` may be given by name (``float32``, ``float64``)."""
-
-    k: int = 5
-    lanczos_iters: int = 100
-    tol: float = 1e-4
-    slq_runs: int = 10
-    slq_iters: int = 80
-    negative_eps: float = 1e-2
-    seed: int = 0
-    chunk_size: int | None = 1000
-    method: str = "auto"
-    dtype: torch.dtype = torch.float32
-    bottom_iters: int | None = None
-    probe_size: int = 1000
-    split: str = "train"
-    density_width: float = 0.01
-
-    def __post_init__(self) -> None:
-        k, bottom = self.k, self.bottom_iters
-        check(isinstance(self.probe_size, int) and self.probe_size >= 1, "the probe set is empty",
-              self.probe_size, "Set probe_size to a positive number of samples, e.g. 1000.")
-        check(self.chunk_size is None or self.chunk_size >= 1, "chunk_size must be >= 1", self.chunk_size,
-              "Use e.g. 1000.")
-        check(isinstance(k, int) and k >= 1, "k must be a positive integer", k, "Use e.g. 5.")
-        check(self.lanczos_iters >= 2 * k, f"lanczos_iters must be at least 2k = {2 * k} for k = {k}",
-              self.lanczos_iters, f"Set lanczos_iters >= {2 * k} (100 is typical) or lower k.")
-        check(bottom is None or bottom >= 2 * k, f"bottom_iters must be at least 2k = {2 * k}",
-              bottom, "Leave it unset to use lanczos_iters, or raise it.")
-        check(self.tol >= 0, "tol must be >= 0", self.tol, "Use e.g. 1e-4.")
-        check(self.slq_runs >= 0, "slq_runs must be >= 0", self.slq_runs, "Use e.g. 10 (0 skips SLQ).")
-        check(self.slq_iters >= 1, "slq_iters must be >= 1", self.slq_iters, "Use e.g. 80.")
-        check(self.negative_eps >= 0, "negative_eps must be >= 0", self.negative_eps, "Use e.g. 1e-2.")
-        check(self.density_width > 0, "density_width must be > 0", self.density_width, "Use e.g. 0.01.")
-        check(self.method in METHODS, "unknown HVP method", self.method,
-              "Use 'auto', 'jvp' or 'double_backward'.")
-        check(self.dtype in DTYPES or self.dtype in DTYPES.values(), "unknown dtype", self.dtype,
-              "Use 'float32' or 'float64'.")
-        object.__setattr__(self, "dtype", DTYPES.get(self.dtype, self.dtype))  # type: ignore[call-overload]
-
-
 @dataclass(frozen=True)
 class ProbeBudget:
     """The size of one probe and the most Hessian-vector products it may spend.
