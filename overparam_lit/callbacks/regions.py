@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
 from typing_extensions import override
 
+from overparam_lit.callbacks.options import takes_options
 from overparam_lit.models.memory import available_bytes
 from overparam_lit.regions import RegionOptions, check_map_size, label_maps, plane_bank_for
 from overparam_lit.regions.planes import PlaneBank
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_save_npz, atomic_write_json, log_image, log_scalars
+from overparam_lit.utils import atomic_save_npz, atomic_write_json, check, log_image, log_scalars
 
 
+@takes_options(RegionOptions)
 class DecisionRegions(L.Callback):
     """Snapshots of a classifier's decision regions on a fixed bank of planes.
 
@@ -35,43 +37,15 @@ class DecisionRegions(L.Callback):
     ``overview.png``, ``filmstrip.png`` and ``filmstrip.gif``. Under DDP rank 0 computes the
     snapshot while the other ranks wait at a barrier.
 
-    Args:
-        num_planes: planes through anchor triples (ignored for the 2-D input plane).
-        resolution: grid points per plane axis (>= 2).
-        policy: anchor policy: ``random``, ``distinct_classes``, ``same_class``, ``mislabelled``.
-        split: data split the anchors come from (``train``, ``val`` or ``test``).
-        margin: fraction of the anchors' extent added around them.
-        seed: seed of the anchor draw.
-        plane: ``auto`` (the input plane for 2-D data, otherwise anchor planes), ``anchors`` or ``input``.
-        bank_path: file of a bank to use, made there if missing; share one between the runs of a
-            sweep so every seed and width sees identical planes (default ``run_dir/regions/bank.pt``).
-        schedule: ``log`` (``num_snapshots`` log-spaced epochs) or ``every`` (``every_n_epochs``);
-            the last epoch is always included. Resolved when training starts, after every
-            callback's setup (an IMP callback's longer training is counted).
-        num_snapshots: snapshots of the log schedule (before duplicates merge).
-        every_n_epochs: period of the ``every`` schedule.
-        epochs: explicit completed epochs to snapshot (overrides ``schedule``).
-        at_init: also snapshot the initial net (epoch 0).
-        min_region_size: regions smaller than this many pixels are not counted.
-        batch_size: grid points per forward pass.
-        render_planes: planes drawn in each picture.
-        film_plane: the plane of the filmstrip and GIF.
-        log_images: send pictures to W&B when a W&B logger is attached.
+    The options are the fields of :class:`~overparam_lit.regions.RegionOptions`, given as one
+    ``RegionOptions`` or as keywords (:func:`~overparam_lit.callbacks.options.takes_options`).
     """
 
-    def __init__(self, num_planes: int = 16, resolution: int = 64, policy: str = "distinct_classes",
-                 split: str = "train", margin: float = 0.5, seed: int = 0,
-                 plane: Literal["auto", "anchors", "input"] = "auto", bank_path: str | None = None,
-                 schedule: Literal["log", "every"] = "log", num_snapshots: int = 8, every_n_epochs: int = 1,
-                 epochs: list[int] | None = None, at_init: bool = True, min_region_size: int = 1,
-                 batch_size: int = 8192, render_planes: int = 4, film_plane: int = 0,
-                 log_images: bool = True) -> None:
+    def __init__(self, options: RegionOptions) -> None:
         super().__init__()
-        self.opts = RegionOptions(num_planes, resolution, policy, split, margin, seed, plane, bank_path,
-                                  schedule, num_snapshots, every_n_epochs, epochs, at_init, min_region_size,
-                                  batch_size, render_planes, film_plane, log_images)
+        self.opts = options
         self.plan = self.opts.plan
-        check_map_size(num_planes, resolution, 1, available_bytes("cpu"))
+        check_map_size(options.num_planes, options.resolution, 1, available_bytes("cpu"))
         self.bank: PlaneBank | None = None
         self.snapshot_epochs: set[int] = set()
         self.num_classes = 0
@@ -92,6 +66,9 @@ class DecisionRegions(L.Callback):
         if stage != "fit":
             return
         dm = trainer.datamodule
+        task = getattr(pl_module, "task", "classification")
+        check(task == "classification", "decision regions need a classification model", task,
+              "Remove callbacks/regions.yaml for regression runs.")
         self.opts.check_fit(pl_module, dm)
         members = getattr(pl_module, "num_members", 1)
         check_map_size(self.opts.num_planes, self.opts.resolution, members, available_bytes("cpu"))

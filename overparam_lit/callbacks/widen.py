@@ -9,6 +9,7 @@ import lightning as L
 from torch import Tensor
 from typing_extensions import override
 
+from overparam_lit.callbacks.options import takes_options
 from overparam_lit.compat import fresh_optimizers
 from overparam_lit.escape import widen_step as wd
 from overparam_lit.models.base import OverparamModule
@@ -18,6 +19,7 @@ from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import atomic_write_json, check, log_scalars
 
 
+@takes_options(wd.WidenOptions)
 class Widen(StepAwareCallback):
     """Widen the network once during a fit without changing its function, and keep training.
 
@@ -52,38 +54,16 @@ class Widen(StepAwareCallback):
     ``<run_dir>/widen/widen.json`` with the step, method, ratio, the units chosen, widths,
     hidden sizes and parameter counts before and after, losses, the probe steps and every member.
 
-    Args:
-        step: optimizer step after which to widen (``>= 0``); exactly one of ``step`` and ``epoch``.
-        epoch: widen after this many training epochs (``>= 0``).
-        method: ``duplicate`` or ``zero``.
-        units: width units to add (``>= 1``): per hidden layer in proportion to its size, or to
-            ``layer`` only.
-        layer: index of the one hidden layer to widen (``None``: every hidden layer).
-        ratio: ``duplicate``: share of the outgoing weights the original unit keeps.
-        unit: ``duplicate``: which units to split: ``random`` (distinct units in a seeded random
-            order), ``largest`` (largest outgoing weights first), a unit index (split it every
-            time) or a list of indices, one per new unit of each widened layer.
-        seed: seed of the random choices (combined with each member's seed).
-        nudge: L2 norm of the nudge after widening (0: none).
-        nudge_direction: ``split``, ``random`` or a ``.pt`` file of directions.
-        restart_schedule: restart the LR schedule from ``configure_optimizers`` instead of
-            carrying the learning rates and scheduler state over.
-        probe_around: run the trainer's ``HessianProbe`` callbacks at steps ``step - 1`` and ``step``.
-        probe_size: samples of the fixed set the losses are measured on (``None``: the whole split).
-        split: data split of that set.
+    The options are the fields of :class:`~overparam_lit.escape.widen_step.WidenOptions`, given as
+    one ``WidenOptions`` or as keywords (:func:`~overparam_lit.callbacks.options.takes_options`).
     """
 
-    def __init__(self, step: int | None = None, epoch: int | None = None, method: str = "duplicate",
-                 units: int = 1, layer: int | None = None, ratio: float = 0.5,
-                 unit: str | int | list[int] = "random", seed: int = 0, nudge: float = 0.0,
-                 nudge_direction: str = "split", restart_schedule: bool = False, probe_around: bool = True,
-                 probe_size: int | None = 1000, split: str = "train") -> None:
+    def __init__(self, options: wd.WidenOptions) -> None:
         super().__init__()
-        self.opts = wd.WidenOptions(step, epoch, method, units, layer, ratio, unit, seed, nudge,
-                                    nudge_direction, restart_schedule, probe_around, probe_size, split)
+        self.opts = options
         self.done = False
         self.record: dict[str, Any] | None = None
-        self.at: int | None = step  # the widening step (resolved from epoch in on_train_start)
+        self.at: int | None = options.step  # the widening step (resolved from epoch in on_train_start)
         self.probed_before: int | None = None  # step of the Hessian probes just before widening
         self._probe: tuple[Tensor, Tensor] | None = None
 
@@ -108,6 +88,10 @@ class Widen(StepAwareCallback):
         check(trainer.datamodule is not None and hasattr(trainer.datamodule, "probe_set"),
               "Widen needs a data module with probe_set(num_samples, split, seed)",
               type(trainer.datamodule).__name__, "Train with an overparam-lit data module.")
+        widths = sorted({m.width for m in pl_module.members or ()})
+        check(pl_module.members is None or (not pl_module.net.structure and len(widths) == 1),
+              "Widen widens members of one width only, but this stack pads widths", widths,
+              "Use --model.seeds with one --model.width (fit each width separately).")
         self.opts.check_module(pl_module)
         self._probe = self.opts.probe_subset(*trainer.datamodule.probe_set(None, self.opts.split)[:2])
         cbs = trainer.callbacks  # move before every HessianProbe: a probe at the step sees the wide net

@@ -86,11 +86,32 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class WidenOptions:
-    """The settings of a widening during a fit, checked on construction (the arguments of
-    :class:`~overparam_lit.callbacks.widen.Widen`, which documents them). A ``unit`` tuple
-    becomes a list, ``ratio`` and ``nudge`` floats."""
+    """The settings of a widening during a fit (the options of
+    :class:`~overparam_lit.callbacks.widen.Widen`), checked on construction. A ``unit`` tuple
+    becomes a list, ``ratio`` and ``nudge`` floats.
+
+    Args:
+        step: optimizer step after which to widen (``>= 0``); exactly one of ``step`` and ``epoch``.
+        epoch: widen after this many training epochs (``>= 0``).
+        method: ``duplicate`` or ``zero``.
+        units: width units to add (``>= 1``): per hidden layer in proportion to its size, or to
+            ``layer`` only.
+        layer: index of the one hidden layer to widen (``None``: every hidden layer).
+        ratio: ``duplicate``: share of the outgoing weights the original unit keeps.
+        unit: ``duplicate``: which units to split: ``random`` (distinct units in a seeded random
+            order), ``largest`` (largest outgoing weights first), a unit index (split it every
+            time) or a list of indices, one per new unit of each widened layer.
+        seed: seed of the random choices (combined with each member's seed).
+        nudge: L2 norm of the nudge after widening (0: none).
+        nudge_direction: ``split``, ``random`` or a ``.pt`` file of directions.
+        restart_schedule: restart the LR schedule from ``configure_optimizers`` instead of
+            carrying the learning rates and scheduler state over.
+        probe_around: run the trainer's ``HessianProbe`` callbacks at steps ``step - 1`` and ``step``.
+        probe_size: samples of the fixed set the losses are measured on (``None``: the whole split).
+        split: data split of that set.
+    """
 
     step: int | None = None
     epoch: int | None = None
@@ -159,7 +180,7 @@ class WidenOptions:
             widths = sorted({m.width for m in module.members})
             check(not module.net.structure and len(widths) == 1,
                   "Widen widens members of one width only, but this stack pads widths", widths,
-                  "Use --model.seeds with one --model.width (fit each width separately).")
+                  "Use members of one width (any number of seeds), or widen each width in a fit of its own.")
         net, width, name = module.member_networks()[0], module.width, type(module).__name__
         try:
             added = growth(net, self.units, self.layer, width=width)

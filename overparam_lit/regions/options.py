@@ -1,17 +1,16 @@
 """Settings of decision-region snapshots during training, and the plane bank of a data set.
 
-:class:`RegionOptions` checks the arguments of the
-:class:`~overparam_lit.callbacks.regions.DecisionRegions` callback (which documents them) and
-gives its snapshot schedule; :func:`plane_bank_for` loads a saved bank or makes the bank of a
-data set; :func:`check_map_size` refuses snapshots larger than the memory at hand. No Lightning.
+:class:`RegionOptions` holds and checks the options of the
+:class:`~overparam_lit.callbacks.regions.DecisionRegions` callback and gives its snapshot
+schedule; :func:`plane_bank_for` loads a saved bank or makes the bank of a data set;
+:func:`check_map_size` refuses snapshots larger than the memory at hand. No Lightning.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -35,10 +34,35 @@ def check_map_size(num_planes: int, resolution: int, members: int, free: int | N
           "Use a smaller resolution (64-256 is typical) or fewer planes.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RegionOptions:
-    """The settings of decision-region snapshots, checked on construction; :attr:`plan` is the
-    snapshot schedule in completed epochs (``epochs`` overrides ``schedule``)."""
+    """The settings of decision-region snapshots (the options of
+    :class:`~overparam_lit.callbacks.regions.DecisionRegions`), checked on construction;
+    :attr:`plan` is the snapshot schedule in completed epochs (``epochs`` overrides ``schedule``).
+
+    Args:
+        num_planes: planes through anchor triples (ignored for the 2-D input plane).
+        resolution: grid points per plane axis (>= 2).
+        policy: anchor policy: ``random``, ``distinct_classes``, ``same_class``, ``mislabelled``.
+        split: data split the anchors come from (``train``, ``val`` or ``test``).
+        margin: fraction of the anchors' extent added around them.
+        seed: seed of the anchor draw.
+        plane: ``auto`` (the input plane for 2-D data, otherwise anchor planes), ``anchors`` or ``input``.
+        bank_path: file of a bank to use, made there if missing; share one between the runs of a
+            sweep so every seed and width sees identical planes (default ``run_dir/regions/bank.pt``).
+        schedule: ``log`` (``num_snapshots`` log-spaced epochs) or ``every`` (``every_n_epochs``);
+            the last epoch is always included. Resolved when training starts, after every
+            callback's setup (an IMP callback's longer training is counted).
+        num_snapshots: snapshots of the log schedule (before duplicates merge).
+        every_n_epochs: period of the ``every`` schedule.
+        epochs: explicit completed epochs to snapshot (overrides ``schedule``).
+        at_init: also snapshot the initial net (epoch 0).
+        min_region_size: regions smaller than this many pixels are not counted.
+        batch_size: grid points per forward pass.
+        render_planes: planes drawn in each picture.
+        film_plane: the plane of the filmstrip and GIF.
+        log_images: send pictures to W&B when a W&B logger is attached.
+    """
 
     num_planes: int = 16
     resolution: int = 64
@@ -46,12 +70,12 @@ class RegionOptions:
     split: str = "train"
     margin: float = 0.5
     seed: int = 0
-    plane: str = "auto"
+    plane: Literal["auto", "anchors", "input"] = "auto"
     bank_path: str | None = None
-    schedule: str = "log"
+    schedule: Literal["log", "every"] = "log"
     num_snapshots: int = 8
     every_n_epochs: int = 1
-    epochs: Sequence[int] | None = None
+    epochs: list[int] | None = None
     at_init: bool = True
     min_region_size: int = 1
     batch_size: int = 8192
@@ -75,17 +99,18 @@ class RegionOptions:
         check(self.min_region_size >= 1, "min_region_size must be >= 1", self.min_region_size, "Use 1.")
         check(self.batch_size >= 1, "batch_size must be >= 1", self.batch_size, "Use e.g. 8192.")
         check(self.render_planes >= 0, "render_planes must be >= 0", self.render_planes, "Use e.g. 4.")
-        epochs = None if self.epochs is None else tuple(int(e) for e in self.epochs)
+        epochs = None if self.epochs is None else [int(e) for e in self.epochs]
         object.__setattr__(self, "epochs", epochs)
         object.__setattr__(self, "plan", ProbeSchedule("list" if epochs is not None else self.schedule,
-                                                       self.every_n_epochs, self.num_snapshots, epochs,
+                                                       self.every_n_epochs, self.num_snapshots,
+                                                       None if epochs is None else tuple(epochs),
                                                        self.at_init))
 
     def check_fit(self, module: Any, datamodule: Any) -> None:
         """Refuse a model that is not a classifier, or a data module without ``probe_set()``."""
         task = getattr(module, "task", "classification")
         check(task == "classification", "decision regions need a classification model", task,
-              "Remove callbacks/regions.yaml for regression runs.")
+              "Take decision-region snapshots of classifiers only.")
         check(datamodule is not None and hasattr(datamodule, "probe_set"),
               "DecisionRegions needs a data module with probe_set()",
               type(datamodule).__name__, "Use an overparam_lit.data module (ArrayDataModule subclass).")
