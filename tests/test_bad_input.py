@@ -68,7 +68,7 @@ def test_damaged_ticket_files_are_named(tmp_path, ticket, damage, name):
         load_ticket(copy)
     assert "\n" not in str(err.value) and str(copy) in str(err.value)
     with pytest.raises(ConfigError, match=name.replace(".", r"\.")):
-        _fit(tmp_path / "run", MLP(width=8, input_shape=(1, 40)), [TicketStart(str(copy))])
+        _fit(tmp_path / "run", MLP(width=8, input_shape=(1, 40)), [TicketStart(ticket=str(copy))])
 
 
 def test_damaged_ticket_through_the_cli_exits_2(tmp_path, ticket):

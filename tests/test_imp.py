@@ -257,7 +257,7 @@ def test_ticket_start_fit(tmp_path, mode, fit):
              IterativeMagnitudePruning(levels=2, fraction=0.5, epochs_per_level=1))
     level = tmp_path.parent / "ticket_src" / "imp" / "level_02"
     mask = _load(level / "mask.pt")
-    cb = TicketStart(str(level), mode=mode, seed=1)
+    cb = TicketStart(ticket=str(level), mode=mode, seed=1)
     _, model = fit(tmp_path, cb, epochs=1)
     res = json.loads((tmp_path / "imp" / "ticket_result.json").read_text())
     params = dict(model.named_parameters())
@@ -271,7 +271,7 @@ def test_ticket_start_fit(tmp_path, mode, fit):
         assert all(torch.equal(cb.masks[n], mask[n]) for n in mask) == (mode != "random_mask")
     wrong = small_mlp(width=12)
     with pytest.raises(ConfigError, match="ticket"):
-        fit(tmp_path / "wrong", TicketStart(str(level)), model=wrong)
+        fit(tmp_path / "wrong", TicketStart(ticket=str(level)), model=wrong)
 
 
 @pytest.mark.parametrize(("kw", "densities"), [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
@@ -11,11 +10,14 @@ from typing_extensions import override
 
 from overparam_lit import pruning
 from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits
+from overparam_lit.callbacks.options import takes_options
 from overparam_lit.models.stack import control_seed
+from overparam_lit.pruning.tickets import TicketOptions, member_mismatch
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write_json, check, log_scalars
+from overparam_lit.utils import ConfigError, atomic_write_json, log_scalars
 
 
+@takes_options(TicketOptions)
 class TicketStart(MaskedTraining):
     """Start a fit from a saved ticket (an IMP level folder), or from one of its controls.
 
@@ -36,37 +38,13 @@ class TicketStart(MaskedTraining):
     final metrics of ``eval_splits`` and ``best_val/acc``, the best validation accuracy seen
     during training (every validation run of the fit).
 
-    Args:
-        ticket: path of the level folder, e.g. ``runs/x/imp/level_07``.
-        mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``random_prune``, ``perturb_rest``.
-        sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
-        seed: seed of the controls' draws (combined with each member's seed).
-        eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
-        lift: parts of the ticket kept dense before the mode applies (an ablation): ``biases``
-            and/or ``output`` (the output layer); random pruning then keeps the ticket's counts in
-            the rest of each pool. Listed in ``ticket_start.json`` and ``ticket_result.json``.
+    The options are the fields of :class:`~overparam_lit.pruning.tickets.TicketOptions`, given as
+    one ``TicketOptions`` or as keywords (:func:`~overparam_lit.callbacks.options.takes_options`).
     """
 
-    def __init__(self, ticket: str | None = None, mode: str = "ticket", sigma: float | None = None,
-                 seed: int = 0, eval_splits: Sequence[str] = ("val", "test"),
-                 lift: Sequence[str] = ()) -> None:
+    def __init__(self, options: TicketOptions) -> None:
         super().__init__()
-        check(bool(ticket), "TicketStart needs a ticket folder", ticket,
-              "Set ticket to an IMP level folder, e.g. runs/<run>/imp/level_08.")
-        check(mode in pruning.TICKET_MODES, "unknown ticket mode", mode,
-              f"Use one of {pruning.TICKET_MODES}.")
-        check(sigma is None or sigma >= 0, "sigma must be >= 0 or null", sigma,
-              "Set sigma to a perturbation scale, or null to re-draw the rest from a fresh init.")
-        check(sigma is None or mode == "perturb_rest", "sigma only applies to mode 'perturb_rest'",
-              (mode, sigma), "Remove sigma or use mode: perturb_rest.")
-        lift = [lift] if isinstance(lift, str) else list(lift)
-        check(set(lift) <= set(pruning.LIFTS), "unknown part of a ticket to keep dense", lift,
-              f"Use some of {pruning.LIFTS}, e.g. lift: [biases, output].")
-        check(mode != "perturb_rest" or not lift, "lift does not apply to mode 'perturb_rest' (a dense net)",
-              lift, "Remove lift or choose another mode.")
-        self.lift = sorted(set(lift))
-        self.ticket, self.mode, self.sigma, self.seed = str(ticket), mode, sigma, int(seed)
-        self.eval_splits = tuple(eval_splits)
+        self.opts = options
         self._started = False
         self._info: dict[str, Any] = {}
         self.best: dict[str, list[float]] = {}
@@ -75,20 +53,25 @@ class TicketStart(MaskedTraining):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self._started:
             return
-        ticket = pruning.load_ticket(self.ticket)
+        opts = self.opts
+        ticket = pruning.load_ticket(opts.ticket)
+        if (mismatch := member_mismatch(ticket, pl_module)) is not None:
+            raise ConfigError(f"{mismatch}. Use a ticket from an IMP run with the same "
+                              "--model.seeds/--model.widths as this fit, or set this fit's members to the "
+                              "ticket's.")
         pruning.check_ticket(ticket, pl_module)
-        if self.lift:
+        if opts.lift:
             net = getattr(pl_module, "net", pl_module)
             out = pruning.output_layer_name(net)
             prefix = "net." if net is not pl_module else ""
-            ticket = pruning.lift_ticket(ticket, self.lift, None if out is None else prefix + out,
+            ticket = pruning.lift_ticket(ticket, opts.lift, None if out is None else prefix + out,
                                          pruning.structural_masks(pl_module))
         rows = pl_module.member_rows() if hasattr(pl_module, "member_rows") else [{"seed": 0}]
-        seeds = [control_seed(self.seed, r["seed"]) for r in rows]
-        self.masks, info = pruning.start_module(pl_module, ticket, self.mode, self.sigma, seeds)
+        seeds = [control_seed(opts.seed, r["seed"]) for r in rows]
+        self.masks, info = pruning.start_module(pl_module, ticket, opts.mode, opts.sigma, seeds)
         self._started = True
-        self._info = {"ticket": self.ticket, "mode": self.mode, "sigma": self.sigma, "seed": self.seed,
-                      "lift": self.lift, **info}
+        self._info = {"ticket": opts.ticket, "mode": opts.mode, "sigma": opts.sigma, "seed": opts.seed,
+                      "lift": opts.lift, **info}
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -105,7 +88,7 @@ class TicketStart(MaskedTraining):
 
     @override
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = evaluate_splits(trainer, pl_module, self.eval_splits)
+        metrics = evaluate_splits(trainer, pl_module, self.opts.eval_splits)
         metrics.update({f"best_{k}": torch.tensor(v) for k, v in self.best.items()})
         means = {k: float(v.mean()) for k, v in metrics.items()}
         result: dict[str, Any] = {**self._info, **means}

@@ -27,6 +27,51 @@ LIFTS = ("biases", "output")
 """Parts of a ticket that :func:`lift_ticket` can keep dense."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class TicketOptions:
+    """The settings of a fit started from a ticket (the options of
+    :class:`~overparam_lit.callbacks.ticket.TicketStart`), checked on construction. ``ticket``
+    becomes a string, ``seed`` an integer, ``eval_splits`` a tuple, and ``lift`` the sorted list
+    of its distinct parts (one part may be given as a string).
+
+    Args:
+        ticket: path of the level folder, e.g. ``runs/x/imp/level_07``.
+        mode: one of ``ticket``, ``random_reinit``, ``random_mask``, ``random_prune``, ``perturb_rest``.
+        sigma: perturbation scale for ``perturb_rest`` (``None``: re-draw from a fresh init).
+        seed: seed of the controls' draws (combined with each member's seed).
+        eval_splits: splits evaluated at the end of training for ``ticket_result.json``.
+        lift: parts of the ticket kept dense before the mode applies (an ablation): ``biases``
+            and/or ``output`` (the output layer); random pruning then keeps the ticket's counts in
+            the rest of each pool. Listed in ``ticket_start.json`` and ``ticket_result.json``.
+    """
+
+    ticket: str | None = None
+    mode: str = "ticket"
+    sigma: float | None = None
+    seed: int = 0
+    eval_splits: Sequence[str] = ("val", "test")
+    lift: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        mode, sigma = self.mode, self.sigma
+        check(bool(self.ticket), "TicketStart needs a ticket folder", self.ticket,
+              "Set ticket to an IMP level folder, e.g. runs/<run>/imp/level_08.")
+        check(mode in TICKET_MODES, "unknown ticket mode", mode, f"Use one of {TICKET_MODES}.")
+        check(sigma is None or sigma >= 0, "sigma must be >= 0 or null", sigma,
+              "Set sigma to a perturbation scale, or null to re-draw the rest from a fresh init.")
+        check(sigma is None or mode == "perturb_rest", "sigma only applies to mode 'perturb_rest'",
+              (mode, sigma), "Remove sigma or use mode: perturb_rest.")
+        lift = [self.lift] if isinstance(self.lift, str) else list(self.lift)
+        check(set(lift) <= set(LIFTS), "unknown part of a ticket to keep dense", lift,
+              f"Use some of {LIFTS}, e.g. lift: [biases, output].")
+        check(mode != "perturb_rest" or not lift, "lift does not apply to mode 'perturb_rest' (a dense net)",
+              lift, "Remove lift or choose another mode.")
+        object.__setattr__(self, "ticket", str(self.ticket))
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
+        object.__setattr__(self, "lift", sorted(set(lift)))
+
+
 @dataclass
 class Ticket:
     """A loaded ticket: masks, dense rewind state and the level's metadata."""
@@ -74,35 +119,40 @@ def lift_ticket(ticket: Ticket, parts: Sequence[str], output_layer: str | None,
     return Ticket(masks, ticket.rewind_state, meta)
 
 
-def _check_members(ticket: Ticket, model: nn.Module, params: Mapping[str, Tensor]) -> None:
-    """Refuse a ticket of another number of members (stacked tensors carry the members first),
-    naming the counts rather than the model."""
+MEMBERS_FIX = ("Use a ticket from an IMP run with the same members (seeds and widths) as this fit, or set "
+               "this fit's members to the ticket's.")
+
+
+def member_mismatch(ticket: Ticket, model: nn.Module) -> str | None:
+    """What differs when ``ticket`` holds another number of members than ``model`` (stacked
+    tensors carry the members first): the counts and the first mask that shows it; ``None`` when
+    they agree (a ticket of another model is named by :func:`check_ticket`)."""
+    params = dict(model.named_parameters())
     members = getattr(model, "num_members", 1) if getattr(model, "members", None) is not None else None
-    fix = ("Use a ticket from an IMP run with the same --model.seeds/--model.widths as this fit, or set "
-           "this fit's members to the ticket's.")
     for name, m in ticket.masks.items():
         if name not in params:
             continue
         have, want = tuple(m.shape), tuple(params[name].shape)
         if have == want:
             continue
+        shapes = f"(mask of {name!r}: {have}, parameter {want})"
         if members is not None and len(have) == len(want) and have[1:] == want[1:]:
-            raise ConfigError(f"the ticket holds {have[0]} members and this fit has {members} (mask of "
-                              f"{name!r}: {have}, parameter {want}). {fix}")
+            return f"the ticket holds {have[0]} members and this fit has {members} {shapes}"
         if members is not None and have == want[1:]:
-            raise ConfigError(f"the ticket is of a single model and this fit has {members} members (mask "
-                              f"of {name!r}: {have}, parameter {want}). {fix}")
+            return f"the ticket is of a single model and this fit has {members} members {shapes}"
         if members is None and have[1:] == want:
-            raise ConfigError(f"the ticket holds {have[0]} members and this fit is a single model (mask "
-                              f"of {name!r}: {have}, parameter {want}). {fix}")
-        return  # another model: named below
+            return f"the ticket holds {have[0]} members and this fit is a single model {shapes}"
+        return None  # another model: named by check_ticket
+    return None
 
 
 def check_ticket(ticket: Ticket, model: nn.Module) -> None:
     """Refuse a ticket whose masks or rewind state do not fit ``model`` (names and shapes; a ticket
     of another number of members is named as such)."""
     params = dict(model.named_parameters())
-    _check_members(ticket, model, params)
+    mismatch = member_mismatch(ticket, model)
+    if mismatch is not None:
+        raise ConfigError(f"{mismatch}. {MEMBERS_FIX}")
     state = {**params, **dict(model.named_buffers())}
     for name, m in ticket.masks.items():
         check(name in params, "ticket mask names a parameter the model does not have", name,
