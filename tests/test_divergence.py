@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from overparam_lit.cli import main
-from overparam_lit.models.base import LOSS_GROWTH_LIMIT
+from overparam_lit.models.divergence import LOSS_GROWTH_LIMIT
 from overparam_lit.stopping import DIVERGED_EXIT_CODE
 
 COMMON = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--seed_everything", "0",

@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.overrides.distributed import prepare_for_backward
-from lightning.pytorch.plugins import Precision
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.nn.parallel import DistributedDataParallel
-from torchmetrics import Metric
 
 from overparam_lit import pruning, registry
-from overparam_lit.compat import (
-    cheap_cuda_checks,
-    count_inner_steps,
-    set_epoch_calls,
-    set_val_due,
-    settle_ddp_buckets,
-)
+from overparam_lit.compat import cheap_cuda_checks, set_epoch_calls, set_val_due
+from overparam_lit.models.divergence import DivergenceWatch
+from overparam_lit.models.epoch_metrics import EpochMetrics
 from overparam_lit.models.memory import MemoryEstimate, available_bytes, count_activations
 from overparam_lit.models.stack import (
     Member,
@@ -36,49 +26,18 @@ from overparam_lit.models.stack import (
     parse_widths,
     seeded,
 )
-from overparam_lit.models.steps import (
-    StepAwareCallback,
-    StepChunk,
-    overrides,
-    plan_calls,
-    resolve_steps_per_call,
-    val_period,
-)
-from overparam_lit.stopping import TrainingDiverged
+from overparam_lit.models.step_calls import StepCalls
+from overparam_lit.models.steps import StepChunk, resolve_steps_per_call
 from overparam_lit.utils import ConfigError, check
 
 Task = Literal["classification", "regression"]
-
-TRAIN_SUMS = ("loss_sum", "hits", "hits_flipped", "flips", "count")
-EVAL_SUMS = ("loss_sum", "hits", "hits_noisy", "count")
-
-
-class RunningSums(Metric):
-    """Element-wise running sums of a fixed-size tensor, summed over DDP ranks."""
-
-    full_state_update = False
-
-    def __init__(self, *shape: int) -> None:
-        super().__init__()
-        self.add_state("sums", torch.zeros(*shape), dist_reduce_fx="sum")
-
-    def update(self, values: Tensor) -> None:
-        self.sums += values
-
-    def compute(self) -> Tensor:
-        return self.sums
-
-
-LOSS_GROWTH_LIMIT = 1e6
-"""A training loss this many times its first step's value is reported as a divergence that has
-not (yet) reached NaN (Adam at lr 1e10 stays finite at 1e34)."""
 
 
 def _default_optimizer(params: object) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=1e-3)  # type: ignore[arg-type]
 
 
-class OverparamModule(L.LightningModule):
+class OverparamModule(StepCalls, DivergenceWatch, EpochMetrics, L.LightningModule):
     """Base LightningModule of overparam-lit.
 
     Subclasses override :meth:`build_network` and nothing else: losses, accuracy, the optimizer
@@ -398,15 +357,6 @@ class OverparamModule(L.LightningModule):
             return (outputs - targets.reshape(outputs.shape[1:])).pow(2).reshape(m, -1).mean(1)
         return torch.vmap(self.loss, in_dims=(0, None))(outputs, targets)
 
-    def _build_metrics(self) -> None:
-        # one cheap update per step: running sums per member, reduced over DDP ranks
-        m = self.num_members
-        self.metric = nn.ModuleDict({
-            "train_sums": RunningSums(m, len(TRAIN_SUMS)),
-            "val_sums": RunningSums(m, len(EVAL_SUMS)),
-            "test_sums": RunningSums(m, len(EVAL_SUMS)),
-        })
-
     def _step(self, batch: Sequence[Tensor], split: str) -> Tensor:
         x, y, y_true = batch
         out = self(x)
@@ -422,77 +372,6 @@ class OverparamModule(L.LightningModule):
             self._watch_loss(losses.detach(), step)
         return losses.sum()
 
-    def _watch_loss(self, losses: Tensor, step: int) -> None:
-        """Keep the first step's losses, and stop at the step where every member's loss is NaN or
-        infinite (one process; under DDP the epoch's end stops, where all ranks agree)."""
-        if self.first_loss is None:
-            self.first_loss = losses.clone()
-        if self.trainer.world_size > 1:
-            return
-        if losses.numel() == 1:  # a single model: one host float, cheaper than isfinite
-            if not math.isfinite(float(losses)):
-                self._diverged(step)
-        elif not bool(torch.isfinite(losses).any()):
-            self._diverged(step)
-
-    def _drain(self, split: str) -> None:
-        """Sum the recorded steps of ``split`` into its metric (and note diverged members)."""
-        steps = self._steps.pop(split, [])
-        if not steps:
-            return
-        losses = torch.stack([s[0] for s in steps])  # (S, M)
-        n = torch.tensor([float(s[1]) for s in steps], dtype=losses.dtype, device=losses.device)
-        sums = torch.zeros(self.num_members, len(TRAIN_SUMS if split == "train" else EVAL_SUMS),
-                           dtype=losses.dtype, device=losses.device)
-        sums[:, 0] = (losses * n[:, None]).sum(0)
-        sums[:, -1] = n.sum()
-        if steps[0][2] is not None:  # (M, N) predictions of the epoch's samples, and their labels
-            pred = torch.cat([s[2] for s in steps], dim=1)
-            y, y_true = torch.cat([s[3] for s in steps]), torch.cat([s[4] for s in steps])
-            if split == "train":  # hits, hits on flipped labels (memorised noise), flips
-                hit, flipped = pred == y, y != y_true
-                counts = torch.stack([hit.sum(1), (hit & flipped).sum(1),
-                                      flipped.sum().expand(hit.shape[0])], dim=1)
-            else:  # hits on clean labels, on noisy labels
-                counts = torch.stack([(pred == y_true).sum(1), (pred == y).sum(1)], dim=1)
-            sums[:, 1:1 + counts.shape[1]] = counts.to(losses.dtype)
-        self.metric[f"{split}_sums"].update(sums)
-        if split == "train":
-            bad = ~torch.isfinite(losses)
-            for i in bad.any(0).nonzero().flatten().tolist():
-                self._first_bad.setdefault(i, steps[int(bad[:, i].nonzero()[0])][5])
-
-    def member_epoch_metrics(self, split: str) -> dict[str, Tensor]:
-        """Each member's metrics ``{key: (M,)}`` of the running epoch of ``split`` (``train``,
-        ``val`` or ``test``), reduced over DDP ranks; reading them does not reset them."""
-        self._drain(split)
-        sums = self.metric[f"{split}_sums"].compute().double()
-        count = sums[:, -1].clamp_min(1)
-        out = {f"{split}/loss": sums[:, 0] / count}
-        if self.task == "classification":
-            out[f"{split}/acc"] = sums[:, 1] / count
-            if split == "train":
-                if float(sums[0, 3]) > 0:
-                    out["train/acc_noisy_memorized"] = sums[:, 2] / sums[:, 3]
-            else:
-                out[f"{split}/acc_noisy"] = sums[:, 2] / count
-        return out
-
-    def _log_epoch(self, split: str) -> None:
-        per_member = self.member_epoch_metrics(split)
-        self.metric[f"{split}_sums"].reset()
-        finite = torch.isfinite(per_member[f"{split}/loss"])
-        logs: dict[str, Any] = {}
-        for key, values in per_member.items():
-            ok = values[finite] if bool(finite.any()) else values
-            logs[key] = ok.mean().float()
-        if self.members is not None and split == "train":
-            logs["members/diverged"] = float((~finite).sum())
-        if split == "train":
-            self._note_growth(per_member["train/loss"])
-        # metrics are already reduced over ranks
-        self.log_dict(logs, sync_dist=False, rank_zero_only=True)
-
     def training_step(self, batch: Sequence[Tensor] | StepChunk, batch_idx: int) -> Tensor:
         """One optimisation step of every member (the sum of their mean losses); for a chunk of
         several batches, a step on each but the last here and the loss of the last."""
@@ -500,93 +379,6 @@ class OverparamModule(L.LightningModule):
             return self._train_call(batch, batch_idx)
         return self._step(batch, "train")
 
-    # ---- several optimizer steps per Lightning step ----------------------------------------
-    def on_train_start(self) -> None:
-        if self.step_calls > 1:  # the schedulers exist now
-            self.step_calls, self.step_calls_reason = resolve_steps_per_call(
-                self.steps_per_call, self.trainer, self)
-        cbs = self.trainer.callbacks
-        self._inner_hooks = {hook: [cb for cb in cbs if overrides(cb, L.Callback, hook)] for hook in (
-            "on_before_zero_grad", "on_before_backward", "on_after_backward", "on_before_optimizer_step")}
-        self._inner_hooks["on_optimizer_step_end"] = [
-            cb for cb in cbs if isinstance(cb, StepAwareCallback)
-            and overrides(cb, StepAwareCallback, "on_optimizer_step_end")]
-
-    def on_train_epoch_start(self) -> None:
-        """Cut the epoch's batches into calls of at most ``step_calls`` optimizer steps that end
-        on every scheduled event (:func:`~overparam_lit.models.steps.plan_calls`)."""
-        self._epoch_calls = None
-        if self.step_calls <= 1:
-            return
-        trainer = self.trainer
-        events = [cb for cb in trainer.callbacks if isinstance(cb, StepAwareCallback)]
-        start, num_batches = trainer.global_step, len(trainer.train_dataloader)
-        period, total = val_period(trainer.val_check_interval, trainer.check_val_every_n_epoch,
-                                   num_batches)
-        self._val_steps = (period, 0 if total else start)  # validation where (step - origin) % period == 0
-
-        def next_event(step: int) -> int | None:
-            origin = 0 if total else start
-            val = origin + ((step - origin) // period + 1) * period
-            found = [val, *(s for cb in events if (s := cb.next_event_step(trainer, step)) is not None)]
-            return min(found)
-
-        calls = plan_calls(start, num_batches, self.step_calls, next_event, trainer.max_steps)
-        self._epoch_calls, self._lightning_val_check = calls, trainer.val_check_batch
-        set_epoch_calls(trainer, len(calls))
-
-    def take_epoch_calls(self) -> list[int] | None:
-        """The sizes of this epoch's calls for the training batches (read once, by the data
-        module's loader when the epoch's iteration starts); ``None``: one batch per step."""
-        calls, self._epoch_calls = self._epoch_calls, None
-        if calls is not None and all(c == 1 for c in calls):
-            return None
-        return calls
-
-    def _train_call(self, chunk: StepChunk, batch_idx: int) -> Tensor:
-        """Optimizer steps on all but the last batch of ``chunk`` with Lightning's hooks, clipping,
-        per-step schedulers and masks in Lightning's order; returns the last batch's loss, whose
-        step Lightning takes."""
-        trainer = self.trainer
-        plugin = trainer.precision_plugin  # converts each batch as Lightning converts one (64-true)
-        convert = plugin.convert_input if overrides(plugin, Precision, "convert_input") else None
-        batches = iter(chunk) if convert is None else map(convert, chunk)
-        if len(chunk) > 1:
-            opt = trainer.optimizers[0]
-            per_step = [c.scheduler for c in trainer.lr_scheduler_configs if c.interval == "step"]
-            hooks = self._inner_hooks
-            clip = bool(trainer.gradient_clip_val) or overrides(self, L.LightningModule,
-                                                                  "configure_gradient_clipping")
-            wrapped = trainer.strategy.model  # DDP syncs a backward it was prepared for
-            ddp = wrapped if isinstance(wrapped, DistributedDataParallel) else None
-            for _ in range(len(chunk) - 1):
-                loss = self._step(next(batches), "train")
-                for cb in hooks["on_before_zero_grad"]:
-                    cb.on_before_zero_grad(trainer, self, opt)
-                self.optimizer_zero_grad(trainer.current_epoch, batch_idx, opt)
-                for cb in hooks["on_before_backward"]:
-                    cb.on_before_backward(trainer, self, loss)
-                if ddp is not None:
-                    prepare_for_backward(ddp, loss)
-                loss.backward()
-                for cb in hooks["on_after_backward"]:
-                    cb.on_after_backward(trainer, self)
-                for cb in hooks["on_before_optimizer_step"]:
-                    cb.on_before_optimizer_step(trainer, self, opt)
-                self.on_before_optimizer_step(opt)
-                if clip:
-                    self.configure_gradient_clipping(opt, trainer.gradient_clip_val,
-                                                     trainer.gradient_clip_algorithm)
-                opt.step()
-                count_inner_steps(trainer, 1)
-                for scheduler in per_step:
-                    self.lr_scheduler_step(scheduler, None)
-                for cb in hooks["on_optimizer_step_end"]:
-                    cb.on_optimizer_step_end(trainer, self)
-                self._structure.apply_()
-            if ddp is not None:  # the call's last backward is Lightning's, prepared by DDP itself
-                settle_ddp_buckets(ddp)
-        return self._step(next(batches), "train")
 
     def on_train_epoch_end(self) -> None:
         if self.step_calls > 1:  # back to Lightning's counts in batches between epochs
@@ -594,54 +386,6 @@ class OverparamModule(L.LightningModule):
             self.trainer.val_check_batch = self._lightning_val_check
         self._log_epoch("train")
         self._stop_on_divergence()
-
-    def _stop_on_divergence(self) -> None:
-        bad = sorted(self._first_bad)
-        if not bad:
-            return
-        if self.members is None or len(bad) == self.num_members:
-            self._diverged(max(self._first_bad.values()))
-        new = [i for i in bad if i not in getattr(self, "_reported_bad", set())]
-        if new:
-            self._reported_bad = set(bad)
-            rank_zero_warn(f"members {new} diverged (NaN or infinite loss from steps "
-                           f"{[self._first_bad[i] for i in new]}); the others keep training and the "
-                           "logged means leave diverged members out (members/diverged counts them).")
-
-    def _diverged(self, step: int) -> None:
-        """Raise :class:`TrainingDiverged` for ``step``, naming the last checkpoint before it (a
-        checkpoint of an earlier epoch, all finite) or saying that there is none."""
-        self._drain("train")  # the members' first non-finite steps
-        who = ""
-        if self.members is not None:
-            first = min(self._first_bad, key=self._first_bad.get) if self._first_bad else 0
-            who = f" for every member (first: member {first} at step {self._first_bad.get(first, step)})"
-        from overparam_lit.runfolder import RunFolder
-
-        ckpt = RunFolder(self.trainer.default_root_dir).newest_intact_checkpoint()
-        where = (f"the last checkpoint before it is {ckpt} (its weights are finite)" if ckpt is not None
-                 else "no checkpoint was written before it (the first is made when the first "
-                      "epoch ends), so none holds a finite state")
-        raise TrainingDiverged(
-            f"the training loss became NaN or infinite at step {step} (epoch "
-            f"{self.trainer.current_epoch}){who}; the fit stopped at that step and {where}. Lower "
-            "the learning rate (the optimizer's lr), add warm-up or gradient clipping, or check the "
-            "data for non-finite values.")
-
-    def _note_growth(self, losses: Tensor) -> None:
-        """Remember a training loss that grew over :data:`LOSS_GROWTH_LIMIT` times its first value
-        (the end-of-fit summary warns about it)."""
-        if self.first_loss is None:
-            return
-        first = self.first_loss.to(losses)
-        ok = torch.isfinite(losses) & (first > 0)
-        if not bool(ok.any()):
-            return
-        ratio = torch.where(ok, losses / first.clamp_min(torch.finfo(first.dtype).tiny), 0)
-        i = int(ratio.argmax())
-        if float(ratio[i]) > LOSS_GROWTH_LIMIT and float(ratio[i]) > (self.loss_growth or {}).get("ratio", 0):
-            self.loss_growth = {"ratio": float(ratio[i]), "first": float(first[i]), "loss": float(losses[i]),
-                                "epoch": float(self.trainer.current_epoch), "member": float(i)}
 
     def validation_step(self, batch: Sequence[Tensor], batch_idx: int) -> None:
         self._step(batch, "val")
