@@ -66,7 +66,7 @@ def run(dm: MNIST1D, width: int, epochs: int, ticket: Path | None,
     callbacks: list[L.Callback] = [timer]
     ts = None
     if ticket is not None:
-        ts = TicketStart(str(ticket), mode="ticket", eval_splits=())
+        ts = TicketStart(ticket=str(ticket), mode="ticket", eval_splits=())
         callbacks.append(ts)
     model = make_model(width, optimizer)
     with tempfile.TemporaryDirectory() as root:

@@ -75,6 +75,10 @@ class DecisionRegions(L.Callback):
         self.num_classes = int(getattr(pl_module, "num_classes", 0) or dm.num_classes)
         x, y, y_true = dm.probe_set(None, self.opts.split)
         input_shape = tuple(getattr(pl_module, "input_shape", None) or x.shape[1:])
+        check(self.opts.policy != "mislabelled" or self._bank_file(trainer).is_file()
+              or bool((y != y_true).any()), "policy 'mislabelled' "
+              "needs mislabelled samples (y != y_true), but the split has none", 0,
+              "Train with label noise (--data.label_noise 0.15) or use another policy.")
         self.bank = plane_bank_for(self._bank_file(trainer), x, y, y_true, input_shape, self.opts,
                                    write=trainer.global_rank == 0)
 

@@ -6,7 +6,7 @@ from overparam_lit.registry import Study, register
 HESSIAN = register(Study(
     "hessian",
     callback="overparam_lit.callbacks.hessian.HessianProbe",
-    options="overparam_lit.curvature.probe.ProbeOptions",
+    options="overparam_lit.callbacks.hessian.HessianProbeOptions",
     artifacts={
         "hessian": "hessian/",
         "hessian_probe": "hessian/probe_step{:08d}.npz",        # one probe's numbers

@@ -28,6 +28,7 @@ IMP = register(Study(
 TICKET = register(Study(
     "ticket",
     callback="overparam_lit.callbacks.ticket.TicketStart",
+    options="overparam_lit.pruning.tickets.TicketOptions",
     artifacts={
         "ticket_start": "imp/ticket_start.json",     # what a ticket run started from
         "ticket_result": "imp/ticket_result.json",   # a ticket run's final metrics

@@ -300,7 +300,7 @@ def choose_anchors(
                 "policy 'mislabelled' needs mislabelled samples (y != y_true), but the split "
                 "has none",
                 0,
-                "Train with label noise (--data.label_noise 0.15) or use another policy.",
+                "Train with label noise (some labels flipped, e.g. 15%) or use another policy.",
             )
             first = pick(flipped, 1)
             others = torch.nonzero((y_true != y_true[first]) & (y_true != y[first])).reshape(-1)
