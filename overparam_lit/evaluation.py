@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from overparam_lit import stopping
+from overparam_lit.protocols import network_of
 from overparam_lit.utils import check
 
 __all__ = ["Batches", "LossFn", "MemberTotals", "chunks", "eval_mode", "member_loss_fn", "member_totals",
@@ -165,7 +166,7 @@ def member_totals(module: nn.Module, loss_fn: LossFn, data: Batches, *, chunk_si
 
 
 def _param(module: nn.Module) -> Tensor:
-    return next(getattr(module, "net", module).parameters())
+    return next(network_of(module).parameters())
 
 
 def hessian_probe_losses(module: nn.Module, x: Tensor, y: Tensor, chunk_size: int | None = 1000,
@@ -174,7 +175,7 @@ def hessian_probe_losses(module: nn.Module, x: Tensor, y: Tensor, chunk_size: in
     ``module.net`` (``module`` itself without one) on ``(x, y)``, in eval mode of the network, in
     ``chunk_size`` chunks; under ``torch.distributed`` every rank passes its shard and the sums are
     all-reduced. ``(M,)`` float64 (``(1,)`` for a single model)."""
-    net, param = getattr(module, "net", module), _param(module)
+    net, param = network_of(module), _param(module)
     totals = member_totals(net, member_loss_fn(module), (x, y), chunk_size=chunk_size or None,
                            device=param.device, dtype=param.dtype, distributed=distributed)
     return totals.mean_loss().cpu().numpy()

@@ -178,7 +178,7 @@ def test_duplicate_at_a_critical_point_gives_negative_curvature(tmp_path):
                          lanczos_iters=40, tol=1e-10, slq_runs=0, dtype="float64", save_figure=False)
     after = Capture(0)
     widen = Widen(step=0, method="duplicate", unit="largest", ratio=0.5, probe_size=None)
-    _trainer(tmp_path, steps=1, precision="64-true", callbacks=[polish, probe, after, widen]).fit(model, dm)
+    _trainer(tmp_path, steps=1, precision="64-true", callbacks=[polish, probe, widen, after]).fit(model, dm)
     narrow = polish.narrow
     loss, theta = _flat_loss(narrow, x, y)
     assert float(torch.func.grad(loss)(theta).norm()) < 1e-10
@@ -408,3 +408,25 @@ def test_one_layer_and_epoch_schedule(tmp_path):
     assert cb.record["units_chosen"] == [[], [0, 1, 0]]
     assert model.width == 4 and model.num_params == 40 * 4 + 4 + 4 * 7 + 7 + 7 * 10 + 10
     assert cb.record["loss_after"] == pytest.approx(cb.record["loss_before"], rel=1e-6)
+
+
+# ---- a probe due at the widening step sees the wide network, wherever it sits in the list --------
+@pytest.mark.parametrize("probe_first", [True, False], ids=["probe_before_widen", "probe_after_widen"])
+def test_a_probe_due_at_the_widening_step_waits_for_the_wide_network(tmp_path, probe_first):
+    """Widen changes the model at step 4 (ModelChanging); a HessianProbe scheduled at that step
+    runs once, after the widening (requested through probe_once), whatever the callbacks' order."""
+    model = _build(MLP, 0, width=4, depth=2)
+    probe = HessianProbe(schedule="steps", every=4, probe_at_start=False, probe_size=64, k=1,
+                         lanczos_iters=20, slq_runs=0, save_figure=False)
+    widen = Widen(step=4, method="duplicate", units=2, probe_around=False, probe_size=None)
+    after = Capture(4)
+    cbs = [probe, widen, after] if probe_first else [widen, probe, after]
+    _trainer(tmp_path, steps=6, callbacks=cbs).fit(model, _data())
+    assert probe.probed_steps == [4]
+    npz = np.load(tmp_path / "hessian" / "probe_step00000004.npz")
+    wide = sum(p.numel() for p in after.net.parameters())
+    narrow = sum(p.numel() for p in _build(MLP, 0, width=4, depth=2).net.parameters())
+    assert wide > narrow
+    assert int(npz["dim"]) == wide  # the probe spanned the wide network's parameters
+    record = json.loads((tmp_path / "widen" / "widen.json").read_text())
+    assert record["step"] == 4

@@ -18,6 +18,7 @@ from overparam_lit.callbacks.options import takes_options
 from overparam_lit.curvature.plan import ProbeOptions, ProbePlan
 from overparam_lit.curvature.subset import kept_masks, subset_dims, subset_names
 from overparam_lit.models.steps import StepAwareCallback
+from overparam_lit.protocols import ModelChanging, network_of
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import log_spaced
 from overparam_lit.utils import atomic_save_npz, check, log_image, log_scalars
@@ -104,9 +105,9 @@ class HessianProbeOptions(ProbeOptions, ProbePlan):
         eval_mode: probe in eval mode (BatchNorm running statistics, no dropout).
         params: names (or name prefixes) of the parameters spanning the Hessian; default all.
         per_layer: also log ``hessian/layer/<module>/lambda_max`` for each layer's block.
-        masks_attr: attribute of the module holding ``{param name: 0/1 mask}``; when absent, the
-            ``masks`` of a pruning callback on the trainer are used (only unpruned weights span the
-            Hessian); ``None`` ignores masks. A stack's padding never counts.
+        masks_attr: attribute of the module holding ``{param name: 0/1 mask}``; a pruning study
+            (IMP, ticket starts) puts its masks in ``pruning_masks`` (only unpruned weights span
+            the Hessian); ``None`` ignores masks. A stack's padding never counts.
         save_figure: save and log the density picture.
         progress_every: seconds between a probe's progress lines on the console (rank zero,
             stderr). Every probe prints a start line after its second Hessian-vector product: its
@@ -167,16 +168,15 @@ class HessianProbe(StepAwareCallback):
         self.probed_steps: list[int] = []
         self.history: list[dict[str, float]] = []
         self._points: set[int] = set()
+        self._waiting: int | None = None  # a step whose probe waits for a model change
         self._probe: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def _masks(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
-        """Kept entries: the module's ``masks_attr``, else a pruning callback's ``masks``, and-ed
-        with a stack's structural masks (:func:`~overparam_lit.curvature.subset.kept_masks`)."""
+        """Kept entries: the module's ``masks_attr`` (``pruning_masks``, which a pruning study sets:
+        :class:`~overparam_lit.protocols.StudyModule`), and-ed with a stack's structural masks
+        (:func:`~overparam_lit.curvature.subset.kept_masks`)."""
         found = getattr(pl_module, self.opts.masks_attr, None) if self.opts.masks_attr else None
-        if self.opts.masks_attr and not found:
-            found = next((cb.masks for cb in trainer.callbacks if cb is not self
-                          and isinstance(getattr(cb, "masks", None), dict) and cb.masks), None)
-        return kept_masks(getattr(pl_module, "net", pl_module), found)
+        return kept_masks(network_of(pl_module), found)
 
     def _probe_set(self, trainer: L.Trainer) -> tuple[torch.Tensor, torch.Tensor]:
         if self._probe is None:
@@ -194,7 +194,7 @@ class HessianProbe(StepAwareCallback):
         cp.check_probe_fit(pl_module, trainer.datamodule)
         self._probe = None
         x, y = self._probe_set(trainer)
-        net = getattr(pl_module, "net", pl_module)
+        net = network_of(pl_module)
         dims = subset_dims(net, subset_names(net, self.opts.params), self._masks(trainer, pl_module),
                            cp.member_count(pl_module))
         cp.check_k(self.opts.k, dims)
@@ -205,13 +205,37 @@ class HessianProbe(StepAwareCallback):
         if self.opts.schedule == "log_steps":  # after every setup: an IMP callback's longer fit counts
             self._points = self.opts.resolve(self.opts.max_step or int(trainer.estimated_stepping_batches))
         if self.opts.probe_at_start:
-            self._maybe_probe(trainer, pl_module)
+            self._probe_unless_changing(trainer, pl_module)
 
     @override
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        if self.opts.unit == "steps" and self.opts.due(trainer.global_step, self._points):
+        if self.due_at(trainer.global_step):
+            self._probe_unless_changing(trainer, pl_module)
+
+    def _probe_unless_changing(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Probe now, unless a study changes the model at this step: that study requests the probe
+        (:meth:`probe_once`) once the change is made, so the probe sees the changed network."""
+        step = int(trainer.global_step)
+        if any(isinstance(cb, ModelChanging) and cb.changes_model_at(trainer, step)
+               for cb in trainer.callbacks):
+            self._waiting = step
+        else:
             self._maybe_probe(trainer, pl_module)
+
+    def due_at(self, step: int) -> bool:
+        """True when a probe is due after optimizer step ``step``: the step schedule's, or one
+        that waited for a study changing the model at that step."""
+        return (self.opts.unit == "steps" and self.opts.due(step, self._points)) or self._waiting == step
+
+    def probe_once(self, trainer: L.Trainer, pl_module: L.LightningModule) -> bool:
+        """Probe at the current step unless it has been probed; what another study calls to have
+        the network probed now (Widen, around its widening, and for a scheduled probe at the
+        widening step once the network is wide). True when it probed."""
+        if int(trainer.global_step) in self.probed_steps or trainer.sanity_checking:
+            return False
+        self._maybe_probe(trainer, pl_module)
+        return True
 
     @override
     def next_event_step(self, trainer: L.Trainer, step: int) -> int | None:
@@ -235,7 +259,7 @@ class HessianProbe(StepAwareCallback):
         return the summaries."""
         from overparam_lit.curvature import probe as cp  # scipy and matplotlib load with the first probe
 
-        net, (r, w) = getattr(pl_module, "net", pl_module), (trainer.global_rank, trainer.world_size)
+        net, (r, w) = network_of(pl_module), (trainer.global_rank, trainer.world_size)
         t0 = time.perf_counter()
         x, y = self._probe_set(trainer)
         buffers = {n: b.detach().clone() for n, b in net.named_buffers()} if w > 1 else None

@@ -103,6 +103,7 @@ class IterativeMagnitudePruning(MaskedTraining):
 
     @override
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_fit_start(trainer, pl_module)
         self._set_length(trainer)  # a restored state fixes the length
 
     @override

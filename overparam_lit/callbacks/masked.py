@@ -83,9 +83,17 @@ class MaskedTraining(StepAwareCallback):
         self._bound: pruning.Masks | None = None
 
     def _bind(self, pl_module: L.LightningModule) -> None:
-        """Bind :attr:`masks` to the module's parameters (call after every mask change)."""
+        """Bind :attr:`masks` to the module's parameters and hand them to the module, which owns
+        the current masks (``pruning_masks`` of :class:`~overparam_lit.protocols.StudyModule`:
+        what a Hessian probe reads). Call after every mask change."""
         named = dict(pl_module.named_parameters())
         self._bound = None if self.masks is None else pruning.Masks(self.masks).bind(named)
+        pl_module.pruning_masks = self.masks
+
+    @override
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The module holds the masks before any study's ``on_train_start`` (a restored state's)."""
+        pl_module.pruning_masks = self.masks
 
     @override
     def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule,

@@ -12,6 +12,7 @@ from overparam_lit import pruning
 from overparam_lit.callbacks.masked import MaskedTraining, broadcast_masks, evaluate_splits
 from overparam_lit.callbacks.options import takes_options
 from overparam_lit.models.stack import control_seed
+from overparam_lit.protocols import network_of
 from overparam_lit.pruning.tickets import TicketOptions, member_mismatch
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import ConfigError, atomic_write_json, log_scalars
@@ -61,7 +62,7 @@ class TicketStart(MaskedTraining):
                               "ticket's.")
         pruning.check_ticket(ticket, pl_module)
         if opts.lift:
-            net = getattr(pl_module, "net", pl_module)
+            net = network_of(pl_module)
             out = pruning.output_layer_name(net)
             prefix = "net." if net is not pl_module else ""
             ticket = pruning.lift_ticket(ticket, opts.lift, None if out is None else prefix + out,

@@ -71,7 +71,6 @@ class Widen(StepAwareCallback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        from overparam_lit.callbacks.hessian import HessianProbe
         from overparam_lit.callbacks.masked import MaskedTraining
 
         check(isinstance(pl_module, OverparamModule), "Widen needs an OverparamModule",
@@ -94,11 +93,6 @@ class Widen(StepAwareCallback):
               "Use --model.seeds with one --model.width (fit each width separately).")
         self.opts.check_module(pl_module)
         self._probe = self.opts.probe_subset(*trainer.datamodule.probe_set(None, self.opts.split)[:2])
-        cbs = trainer.callbacks  # move before every HessianProbe: a probe at the step sees the wide net
-        first = next((i for i, cb in enumerate(cbs) if isinstance(cb, HessianProbe)), None)
-        mine = next(i for i, cb in enumerate(cbs) if cb is self)
-        if first is not None and first < mine:
-            cbs.insert(first, cbs.pop(mine))
 
     @override
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -135,15 +129,22 @@ class Widen(StepAwareCallback):
         elif trainer.global_step == self.at:
             self.widen_now(trainer, pl_module)
 
-    def _run_probes(self, trainer: L.Trainer, pl_module: L.LightningModule) -> int | None:
+    def changes_model_at(self, trainer: L.Trainer, step: int) -> bool:
+        """True at the widening step until the network is wide (:class:`~overparam_lit.protocols.
+        ModelChanging`): a Hessian probe due at that step waits, and :meth:`widen_now` requests it."""
+        return not self.done and self.at is not None and step == self.at
+
+    def _run_probes(self, trainer: L.Trainer, pl_module: L.LightningModule, due_only: bool = False
+                    ) -> int | None:
+        """Have every Hessian probe probe now (``due_only``: those whose schedule is due at this
+        step); the step when there is a probe."""
         from overparam_lit.callbacks.hessian import HessianProbe
 
         step = int(trainer.global_step)
-        probes = [cb for cb in trainer.callbacks if isinstance(cb, HessianProbe)]
+        probes = [cb for cb in trainer.callbacks if isinstance(cb, HessianProbe)
+                  and (not due_only or cb.due_at(step))]
         for cb in probes:
-            if step not in cb.probed_steps:
-                cb.probed_steps.append(step)
-                cb.probe(trainer, pl_module)
+            cb.probe_once(trainer, pl_module)
         return step if probes else None
 
     def widen_now(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -159,7 +160,8 @@ class Widen(StepAwareCallback):
         if not opts.restart_schedule:
             wd.carry_over(*old, strategy.optimizers, [c.scheduler for c in strategy.lr_scheduler_configs])
         loss_after = wd.probe_losses(pl_module, *self._probe)
-        after_probe = self._run_probes(trainer, pl_module) if opts.probe_around else None
+        after_probe = self._run_probes(trainer, pl_module, due_only=not opts.probe_around)
+        after_probe = after_probe if opts.probe_around else None
         loss_nudged = None
         if opts.nudge > 0:
             wd.nudge_members(pl_module, done.wides, done.gens, opts, isinstance(pl_module.net, StackedNet))

@@ -24,6 +24,8 @@ from overparam_lit.curvature.plan import ProbeOptions
 from overparam_lit.curvature.plots import densities
 from overparam_lit.curvature.spectrum import SpectrumSummary, hessian_spectrum_batched
 from overparam_lit.curvature.subset import subset_dims
+from overparam_lit.evaluation import hessian_probe_losses
+from overparam_lit.protocols import network_of
 from overparam_lit.utils import ConfigError, check
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -137,37 +139,12 @@ def probe_loss(module: nn.Module) -> LossFn:
     return module.loss
 
 
-@torch.no_grad()
 def probe_losses(module: nn.Module, x: Tensor, y: Tensor, chunk_size: int | None = 1000,
                  distributed: bool = False) -> np.ndarray:
     """Each member's mean loss on the probe set (``(1,)`` for a single model), in eval mode; under
     ``torch.distributed`` every rank passes its shard and the sample-weighted sums are all-reduced.
     The ``loss`` a probe's spectrum belongs to, saved beside it."""
-    net = getattr(module, "net", module)
-    param = next(net.parameters())
-    modes = {m: m.training for m in net.modules()}
-    net.eval()
-    try:
-        total, n = None, 0
-        step = chunk_size or max(int(x.shape[0]), 1)
-        for start in range(0, x.shape[0], step):
-            xb, yb = x[start:start + step].to(param.device), y[start:start + step].to(param.device)
-            xb = xb.to(param.dtype) if xb.is_floating_point() else xb
-            yb = yb.to(param.dtype) if yb.is_floating_point() else yb
-            out = net(xb)
-            part = module.member_losses(out, yb) if hasattr(module, "member_losses") else \
-                module.loss(out, yb).reshape(1)
-            part = part.double() * xb.shape[0]
-            total, n = (part if total is None else total + part), n + xb.shape[0]
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    sums = torch.cat([total if total is not None else torch.zeros(1, dtype=torch.float64,
-                                                                  device=param.device),
-                      torch.tensor([float(n)], dtype=torch.float64, device=param.device)])
-    if distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(sums)
-    return (sums[:-1] / sums[-1].clamp_min(1)).cpu().numpy()
+    return hessian_probe_losses(module, x, y, chunk_size, distributed)
 
 
 def check_probe_fit(module: nn.Module, datamodule: Any) -> None:
@@ -184,7 +161,7 @@ def check_probe_fit(module: nn.Module, datamodule: Any) -> None:
 def check_scalar_loss(module: nn.Module, x: Tensor, y: Tensor) -> None:
     """Refuse a module whose ``loss(outputs, targets)`` is not a scalar mean (tried on two samples of
     ``(x, y)`` in eval mode; a stack's first member)."""
-    net = getattr(module, "net", module)
+    net = network_of(module)
     device = next(module.parameters()).device
     was = net.training
     net.eval()

@@ -72,6 +72,7 @@ from overparam_lit.escape.surgery import (
     split_direction,
     widen_layers,
 )
+from overparam_lit.evaluation import widen_probe_losses
 from overparam_lit.utils import ConfigError, check
 
 NUDGE_DIRECTIONS = ("split", "random")
@@ -220,29 +221,10 @@ class WidenOptions:
         return at
 
 
-@torch.no_grad()
 def probe_losses(module: nn.Module, x_all: Tensor, y_all: Tensor, chunk: int = 1000) -> Tensor:
     """Each member's mean training loss (``module.member_losses``) on ``(x_all, y_all)`` in eval
     mode, in chunks of ``chunk`` samples: ``(M,)`` float64 on the CPU; training modes are restored."""
-    param = next(module.net.parameters())
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    total: Tensor | None = None
-    try:
-        for start in range(0, x_all.shape[0], chunk):
-            x = x_all[start : start + chunk].to(param.device)
-            y = y_all[start : start + chunk].to(param.device)
-            if x.is_floating_point():
-                x = x.to(param.dtype)
-            if y.is_floating_point():
-                y = y.to(param.dtype)
-            part = module.member_losses(module(x), y).double() * x.shape[0]
-            total = part if total is None else total + part
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-    assert total is not None
-    return (total / x_all.shape[0]).cpu()
+    return widen_probe_losses(module, x_all, y_all, chunk)
 
 
 def widen_members(nets: Sequence[nn.Module], seeds: Sequence[int], opts: WidenOptions,

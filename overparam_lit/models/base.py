@@ -162,6 +162,7 @@ class OverparamModule(StepCalls, DivergenceWatch, EpochMetrics, L.LightningModul
         self._steps: dict[str, list[tuple[Tensor, int, Tensor | None, int]]] = {}  # the epoch's steps
         self.trained_to: tuple[int, int] | None = None  # (epoch, step) of a loaded checkpoint
         self._first_bad: dict[int, int] = {}  # member -> first step with a non-finite loss
+        self.pruning_masks: dict[str, Tensor] | None = None  # set by a pruning study (protocols.StudyModule)
         self.first_loss: Tensor | None = None  # (M,) training loss of the fit's first step
         self.loss_growth: dict[str, float] | None = None  # the largest growth over LOSS_GROWTH_LIMIT
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from overparam_lit.protocols import network_of
 from overparam_lit.pruning.masks import apply_masks_, mask_grads_, mask_optimizer_state_
 from overparam_lit.torch_files import load_torch_file
 from overparam_lit.utils import atomic_save, check
@@ -101,6 +102,6 @@ def structural_masks(module: nn.Module) -> Masks:
     """A stack's structural masks (the entries each padded member owns) keyed by ``module``'s own
     parameter names: the ``structure`` of ``module`` or of its ``net`` (``net.`` prefixed); empty
     for a single model or a stack of equal widths."""
-    net = getattr(module, "net", module)
+    net = network_of(module)
     prefix = "net." if net is not module else ""
     return Masks({prefix + n: m for n, m in (getattr(net, "structure", None) or {}).items()})

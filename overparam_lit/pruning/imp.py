@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from overparam_lit.protocols import network_of
 from overparam_lit.pruning.binding import Masks, structural_masks
 from overparam_lit.pruning.masks import SCOPES, pool_lists
 from overparam_lit.pruning.members import initial_masks, member_reports, own_counts, prune_members
@@ -213,7 +214,7 @@ def imp_targets(module: nn.Module, output_layer: str | None = None, include_outp
     model has no prunable weight.
     """
     members = getattr(module, "members", None)
-    net = getattr(module, "net", module)
+    net = network_of(module)
     prefix = "net." if net is not module else ""
     out_name = output_layer
     if out_name is None:
@@ -331,7 +332,7 @@ class ImpLevels:
 
             out, prefix = targets.output_layer, targets.prefix
             try:
-                self.groups = channel_groups(getattr(module, "net", module), example_input(module),
+                self.groups = channel_groups(network_of(module), example_input(module),
                                              out[len(prefix):], prefix=prefix)  # type: ignore[index]
             except (ValueError, TypeError) as err:
                 raise ConfigError(f"structured IMP cannot prune this model: {err}") from err
