@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
@@ -162,6 +163,7 @@ class OverparamModule(StepCalls, DivergenceWatch, EpochMetrics, L.LightningModul
         self._steps: dict[str, list[tuple[Tensor, int, Tensor | None, int]]] = {}  # the epoch's steps
         self.trained_to: tuple[int, int] | None = None  # (epoch, step) of a loaded checkpoint
         self._first_bad: dict[int, int] = {}  # member -> first step with a non-finite loss
+        self._size_logged_by: weakref.ref[L.Trainer] | None = None  # the trainer that logged the size
         self.pruning_masks: dict[str, Tensor] | None = None  # set by a pruning study (protocols.StudyModule)
         self.first_loss: Tensor | None = None  # (M,) training loss of the fit's first step
         self.loss_growth: dict[str, float] | None = None  # the largest growth over LOSS_GROWTH_LIMIT
@@ -413,20 +415,26 @@ class OverparamModule(StepCalls, DivergenceWatch, EpochMetrics, L.LightningModul
         if self.trainer.ckpt_path is None:
             self.log_model_size()
         else:  # the resumed fit logged it at its start; the test after the fit does not either
-            self.trainer._overparam_logged_size = True
+            self._size_logged_by = weakref.ref(self.trainer)
         self._bind_structure()
 
     def on_test_start(self) -> None:
         self.log_model_size()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_size_logged_by"] = None  # a trainer is not pickled with the module (Lightning's rule)
+        return state
 
     def log_model_size(self, again: bool = False) -> None:
         """Log the model's size to every logger, once per trainer (a fit followed by its test logs
         it once) unless ``again`` (the network changed): ``model/num_params`` and ``model/width``
         when every member has one width, else ``width/<k>/num_params`` for each width ``k`` (a mean
         width or size of a widths fit would match no network)."""
-        if getattr(self.trainer, "_overparam_logged_size", False) and not again:
+        logged = self._size_logged_by is not None and self._size_logged_by() is self.trainer
+        if logged and not again:
             return
-        self.trainer._overparam_logged_size = True
+        self._size_logged_by = weakref.ref(self.trainer)
         if self.trainer.global_rank == 0:
             sizes = {r["width"]: r["num_params"] for r in self.member_rows()}
             if len(sizes) == 1:
