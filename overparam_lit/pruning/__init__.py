@@ -6,10 +6,8 @@ from overparam_lit.utils import lazy_exports
 
 lazy_exports(__name__, {  # each name loads with its submodule on first use
     "binding": ("Masks", "structural_masks"),
-    "imp": (
-        "GRANULARITIES", "OUTPUT_MODES", "REWIND_MODES", "ImpLevels", "ImpOptions", "ImpTargets",
-        "best_accuracies", "example_input", "imp_targets", "level_scalars",
-    ),
+    "imp": ("GRANULARITIES", "OUTPUT_MODES", "REWIND_MODES", "ImpOptions"),
+    "levels": ("ImpLevels", "best_accuracies", "level_scalars"),
     "masks": (
         "SCOPES", "apply_masks_", "density", "full_masks", "kept_count", "magnitude_prune", "mask_grads_",
         "mask_optimizer_state_", "pool_lists", "prune_remaining", "random_masks_like", "random_pool_masks",
@@ -22,6 +20,7 @@ lazy_exports(__name__, {  # each name loads with its submodule on first use
         "ChannelGroup", "channel_groups", "channel_report", "channel_scores", "export_pruned",
         "group_masks", "prune_channels",
     ),
+    "targets": ("ImpTargets", "example_input", "imp_targets"),
     "tickets": (
         "LIFTS", "TICKET_MODES", "Ticket", "check_ticket", "lift_ticket", "fresh_init_state", "load_state_",
         "load_ticket", "module_state", "start_from_ticket", "start_module",
