@@ -22,24 +22,8 @@ from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from overparam_lit.loggers import CheckpointedCSVCallback
+from overparam_lit.members_table import final_rows, member_columns
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.studies.results import member_finals
-
-SPLIT_KEYS = {
-    "classification": ("loss", "acc", "acc_noisy"),
-    "regression": ("loss",),
-}
-
-
-def member_columns(task: str) -> list[str]:
-    """Columns of ``members.csv`` for a task."""
-    cols = ["member", "seed", "width", "num_params", "epoch", "step"]
-    for split in ("train", "val", "test"):
-        for key in SPLIT_KEYS[task]:
-            if split == "train" and key == "acc_noisy":
-                key = "acc_noisy_memorized"
-            cols.append(f"{split}/{key}")
-    return cols
 
 
 def width_means(rows: list[dict[str, Any]], metrics: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -134,7 +118,7 @@ class MembersTable(CheckpointedCSVCallback):
         if trainer.global_rank != 0 or self.csv is None:
             return
         loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-        last = member_finals(RunFolder.of(trainer).root) if loggers else []
+        last = final_rows(self.csv.read()) if loggers else []
         if not last:
             return
         columns = [c for c in [*self.csv.columns, "best/val_acc"] if any(c in r for r in last)]

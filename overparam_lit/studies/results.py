@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from overparam_lit.members_table import final_rows, number
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.grid import parse_value
 from overparam_lit.utils import check, read_csv_rows
@@ -42,21 +43,12 @@ def require_dir(path: str | Path, what: str, needs: Iterable[str] = ()) -> Path:
     return path
 
 
-def _num(text: str | None) -> float | None:
-    if text is None or text == "":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def read_metrics_csv(run: str | Path) -> list[dict[str, float]]:
     """``run/metrics.csv`` as a list of ``{key: float}`` rows (empty cells left out)."""
     rows = read_csv_rows(RunFolder(run).metrics_csv)
     out = []
     for row in rows:
-        parsed = {k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None}
+        parsed = {k: v for k, v in ((k, number(v)) for k, v in row.items() if k) if v is not None}
         out.append(parsed)
     return out
 
@@ -79,7 +71,7 @@ def final_metrics(run: str | Path) -> dict[str, float]:
     folder = RunFolder(run)
     out: dict[str, float] = {}
     for row in folder.read_metrics():
-        values = {k: v for k, v in ((k, _num(v)) for k, v in row.items() if k) if v is not None}
+        values = {k: v for k, v in ((k, number(v)) for k, v in row.items() if k) if v is not None}
         if any(k.startswith("test/") for k in values):  # the test split after fit: epoch = epochs done
             values.pop("epoch", None)
             values.pop("step", None)
@@ -151,27 +143,7 @@ def member_finals(run: str | Path) -> list[dict[str, Any]]:
             if isinstance(row.get(key), float) and float(row[key]).is_integer():
                 row[key] = int(row[key])
         return [row]
-    out: dict[int, dict[str, Any]] = {}
-    for raw in rows:
-        member = int(raw["member"])
-        merged = out.setdefault(member, {})
-        values = {k: _num(v) for k, v in raw.items() if k and v not in (None, "")}
-        testing = any(k.startswith("test/") for k in values)
-        for key, value in values.items():
-            if value is None or (testing and key in ("epoch", "step")):
-                continue
-            merged[key] = value
-        acc = values.get("val/acc")
-        if acc is not None:
-            merged["best/val_acc"] = max(acc, merged.get("best/val_acc", acc))
-    finals = []
-    for member in sorted(out):
-        row = out[member]
-        for key in ("member", "seed", "width", "num_params", "epoch", "step"):
-            if key in row:
-                row[key] = int(row[key])
-        finals.append(row)
-    return finals
+    return final_rows(rows)
 
 
 def write_results(path: str | Path, rows: list[dict[str, Any]], first: list[str]) -> Path:
