@@ -2,7 +2,9 @@
 
 Pure torch / numpy / scipy (no Lightning). :mod:`~overparam_lit.escape.surgery` adds hidden
 units (MLP) or channels (CNN) without changing the function the network computes (the
-:class:`~overparam_lit.callbacks.widen.Widen` callback does it during a fit);
+:class:`~overparam_lit.callbacks.widen.Widen` callback does it during a fit), from the pieces in
+:mod:`~overparam_lit.escape.hidden`, :mod:`~overparam_lit.escape.units` and
+:mod:`~overparam_lit.escape.directions`;
 :mod:`~overparam_lit.escape.teacher` makes teacher-student data with any activation;
 :mod:`~overparam_lit.escape.critical` drives a small net to a critical point;
 :mod:`~overparam_lit.escape.success` counts successes of multi-start fits (members), with Wilson
@@ -15,10 +17,10 @@ lazy_exports(__name__, {  # each name loads with its submodule on first use
     "critical": ("polish_to_critical_point",),
     "success": ("multistart_prediction", "relative_losses", "success_interval", "success_rates"),
     "teacher": ("TeacherData", "make_teacher_data", "teacher_net"),
-    "surgery": (
-        "Widened", "add_units", "choose_units", "growth", "hidden_layers", "hidden_sizes", "nudge_",
-        "random_direction", "resize_to", "split_direction", "widen", "widen_layers", "widen_net",
-    ),
+    "directions": ("nudge_", "random_direction", "split_direction"),
+    "hidden": ("hidden_layers", "hidden_sizes"),
+    "surgery": ("Widened", "growth", "resize_to", "widen", "widen_layers", "widen_net"),
+    "units": ("add_units", "choose_units"),
 })
 
 __all__ = [
