@@ -7,15 +7,15 @@ Pure functions and small dataclasses on torch, numpy and scipy (no Lightning); t
 from overparam_lit.utils import lazy_exports
 
 lazy_exports(__name__, {  # each name loads with its submodule on first use
+    "anchors": ("POLICIES", "choose_anchors"),
+    "bank": ("PlaneBank",),
     "maps": ("LabelMaps", "label_maps", "load_label_maps", "map_bytes"),
     "metrics": (
         "Fragmentation", "agreement", "anchor_consistency", "boundary_fraction", "cohen_kappa",
         "fragmentation", "region_counts",
     ),
     "options": ("RegionOptions", "check_map_size", "plane_bank_for"),
-    "planes": (
-        "POLICIES", "PlaneBank", "choose_anchors", "input_plane_bank", "make_plane_bank", "plane_through",
-    ),
+    "planes": ("input_plane_bank", "make_plane_bank", "plane_through"),
     "snapshot": ("Snapshot", "measure"),
 })
 

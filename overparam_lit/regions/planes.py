@@ -8,178 +8,21 @@ saved to disk, so every seed, width and epoch of a study sees identical planes.
 
 For 2-D data (``input_shape == (2,)``) :func:`input_plane_bank` makes one plane that is the
 input space itself (identity basis), with bounds around the data.
+
+The bank itself is :class:`~overparam_lit.regions.bank.PlaneBank` and the anchor policies are in
+:mod:`~overparam_lit.regions.anchors`; both are importable from here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
-import numpy as np
 import torch
 from torch import Tensor
 
-from overparam_lit.torch_files import load_torch_file
-from overparam_lit.utils import ConfigError, atomic_save, check
+from overparam_lit.regions.anchors import POLICIES, choose_anchors
+from overparam_lit.regions.bank import PlaneBank
+from overparam_lit.utils import check
 
-POLICIES = ("random", "distinct_classes", "same_class", "mislabelled")
-_BANK_VERSION = 1
-
-
-@dataclass
-class PlaneBank:
-    """A set of planes in input space, each sampled on a ``resolution x resolution`` grid.
-
-    Attributes:
-        origin: ``(P, D)`` float64, the plane origins (the first anchor), ``D = prod(input_shape)``.
-        basis: ``(P, 2, D)`` float64, orthonormal rows ``e1, e2`` of each plane.
-        bounds: ``(P, 4)`` float64, ``(u_min, u_max, v_min, v_max)`` in plane coordinates.
-        resolution: grid points per axis (>= 2).
-        input_shape: shape of one input sample.
-        anchor_ids: ``(P, K)`` long, indices of the anchors in the split (``K = 3`` for planes
-            through anchors; for the input plane of 2-D data, a sample of the data).
-        anchor_coords: ``(P, K, 2)`` float64 plane coordinates of the ``K`` anchors.
-        anchor_y: ``(P, K)`` long, labels trained on (possibly noisy) of the anchors.
-        anchor_y_true: ``(P, K)`` long, clean labels of the anchors.
-        policy: the anchor policy that made the bank (``input`` for a 2-D input plane).
-        split: the data split the anchors came from.
-        margin: fraction of the anchors' extent added on every side of the bounds.
-        seed: seed of the anchor draw.
-    """
-
-    origin: Tensor
-    basis: Tensor
-    bounds: Tensor
-    resolution: int
-    input_shape: tuple[int, ...]
-    anchor_ids: Tensor
-    anchor_coords: Tensor
-    anchor_y: Tensor
-    anchor_y_true: Tensor
-    policy: str = "random"
-    split: str = "train"
-    margin: float = 0.5
-    seed: int = 0
-
-    @property
-    def num_planes(self) -> int:
-        """Number of planes ``P``."""
-        return int(self.origin.shape[0])
-
-    @property
-    def num_points(self) -> int:
-        """Grid points of all planes, ``P * resolution**2``."""
-        return self.num_planes * self.resolution**2
-
-    def axes(self, plane: int) -> tuple[np.ndarray, np.ndarray]:
-        """Grid coordinates ``(u, v)`` of one plane: two ``resolution``-vectors, ends included."""
-        u0, u1, v0, v1 = self.bounds[plane].tolist()
-        r = self.resolution
-        return np.linspace(u0, u1, r), np.linspace(v0, v1, r)
-
-    def grid_coords(self, plane: int) -> Tensor:
-        """``(R*R, 2)`` float64 plane coordinates in row-major map order.
-
-        Map element ``[i, j]`` (row ``i``, column ``j``) sits at ``u = u_axis[j]``,
-        ``v = v_axis[i]``: rows run along ``v`` and columns along ``u``, so
-        ``imshow(map, origin="lower", extent=bounds)`` draws the plane the right way up.
-        """
-        u, v = self.axes(plane)
-        vv, uu = np.meshgrid(v, u, indexing="ij")
-        return torch.from_numpy(np.stack([uu.ravel(), vv.ravel()], axis=1))
-
-    def points(self, plane: int, coords: Tensor) -> Tensor:
-        """Input points ``origin + u e1 + v e2`` (float64) for ``(N, 2)`` plane coordinates."""
-        c = coords.to(torch.float64)
-        e = self.basis[plane]
-        flat = self.origin[plane] + c[:, :1] * e[0] + c[:, 1:] * e[1]
-        return flat.reshape(coords.shape[0], *self.input_shape)
-
-    def grid(self, plane: int) -> Tensor:
-        """All ``R*R`` grid points of one plane, ``(R*R, *input_shape)`` float64."""
-        return self.points(plane, self.grid_coords(plane))
-
-    def check_input_shape(self, input_shape: tuple[int, ...] | list[int]) -> None:
-        """Refuse to use the bank on data whose samples have another shape."""
-        shape = tuple(int(s) for s in input_shape)
-        check(
-            shape == self.input_shape,
-            f"plane bank was made for inputs of shape {self.input_shape}, but the data's "
-            "input shape differs",
-            shape,
-            "Use a bank made from this data set (delete or rename the bank file, or point "
-            "bank_path elsewhere, and a new one is made).",
-        )
-
-    def state(self) -> dict:
-        """Plain tensors, numbers and strings only: loads with ``torch.load(weights_only=True)``."""
-        return {
-            "version": _BANK_VERSION,
-            "origin": self.origin,
-            "basis": self.basis,
-            "bounds": self.bounds,
-            "resolution": int(self.resolution),
-            "input_shape": list(self.input_shape),
-            "anchor_ids": self.anchor_ids,
-            "anchor_coords": self.anchor_coords,
-            "anchor_y": self.anchor_y,
-            "anchor_y_true": self.anchor_y_true,
-            "policy": self.policy,
-            "split": self.split,
-            "margin": float(self.margin),
-            "seed": int(self.seed),
-        }
-
-    def save(self, path: str | Path) -> Path:
-        """Write the bank atomically with ``torch.save`` (weights-only loadable)."""
-        return atomic_save(self.state(), path)
-
-    @classmethod
-    def from_state(cls, state: dict) -> PlaneBank:
-        """Inverse of :meth:`state`."""
-        check(
-            state.get("version") == _BANK_VERSION,
-            "unsupported plane bank version",
-            state.get("version"),
-            f"Re-create the bank with this version of overparam-lit (version {_BANK_VERSION}).",
-        )
-        return cls(
-            origin=state["origin"],
-            basis=state["basis"],
-            bounds=state["bounds"],
-            resolution=int(state["resolution"]),
-            input_shape=tuple(int(s) for s in state["input_shape"]),
-            anchor_ids=state["anchor_ids"],
-            anchor_coords=state["anchor_coords"],
-            anchor_y=state["anchor_y"],
-            anchor_y_true=state["anchor_y_true"],
-            policy=str(state["policy"]),
-            split=str(state["split"]),
-            margin=float(state["margin"]),
-            seed=int(state["seed"]),
-        )
-
-    @classmethod
-    def load(cls, path: str | Path) -> PlaneBank:
-        """Read a bank written by :meth:`save` (``weights_only=True``); an unreadable file is a
-        :class:`ConfigError` naming it."""
-        fix = ("Delete it to have the bank made again, or point bank_path at a bank written by "
-               "DecisionRegions or PlaneBank.save.")
-        state = load_torch_file(path, "the plane bank", fix)
-        try:
-            return cls.from_state(state)
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as err:
-            raise ConfigError(f"the plane bank does not hold a bank ({type(err).__name__}: {err}) "
-                              f"(got {str(path)!r}). {fix}") from None
-
-    def select(self, planes: list[int]) -> PlaneBank:
-        """A bank with a subset of the planes (same resolution and metadata)."""
-        idx = torch.as_tensor(planes, dtype=torch.long)
-        return PlaneBank(
-            self.origin[idx], self.basis[idx], self.bounds[idx], self.resolution, self.input_shape,
-            self.anchor_ids[idx], self.anchor_coords[idx], self.anchor_y[idx],
-            self.anchor_y_true[idx], self.policy, self.split, self.margin, self.seed,
-        )
+__all__ = ["POLICIES", "PlaneBank", "choose_anchors", "input_plane_bank", "make_plane_bank", "plane_through"]
 
 
 def _check_resolution(resolution: int) -> None:
@@ -242,73 +85,6 @@ def _bounds(coords: Tensor, margin: float) -> Tensor:
     ext = (hi - lo).max().clamp_min(1e-12)  # the same pad on both axes keeps pixels square-ish
     pad = margin * ext
     return torch.stack([lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad])
-
-
-def choose_anchors(
-    y: Tensor, y_true: Tensor, num_planes: int, policy: str = "distinct_classes", seed: int = 0
-) -> Tensor:
-    """Draw ``(num_planes, 3)`` anchor indices into a split with labels ``y`` (trained on) and
-    ``y_true`` (clean).
-
-    Policies:
-        ``random``: three different samples.
-        ``distinct_classes``: three samples of three different clean classes.
-        ``same_class``: three samples of one clean class (class drawn per plane).
-        ``mislabelled``: the first anchor is a mislabelled sample (``y != y_true``), the other
-        two are random samples of other clean classes than the first's noisy and clean labels
-        (so the plane shows the region the net carved out for the memorised label).
-    """
-    check(policy in POLICIES, "unknown anchor policy", policy, f"Use one of {', '.join(POLICIES)}.")
-    check(num_planes >= 1, "num_planes must be >= 1", num_planes, "Set num_planes to e.g. 16.")
-    y, y_true = y.reshape(-1).long().cpu(), y_true.reshape(-1).long().cpu()
-    n = y.numel()
-    check(n >= 3, "at least three samples are needed to draw planes", n, "Use a larger split.")
-    gen = torch.Generator().manual_seed(int(seed))
-    classes = torch.unique(y_true)
-    by_class = {int(c): torch.nonzero(y_true == c).reshape(-1) for c in classes}
-
-    def pick(pool: Tensor, k: int) -> Tensor:
-        return pool[torch.randperm(pool.numel(), generator=gen)[:k]]
-
-    rows = []
-    for _ in range(num_planes):
-        if policy == "random":
-            rows.append(torch.randperm(n, generator=gen)[:3])
-        elif policy == "distinct_classes":
-            check(
-                classes.numel() >= 3,
-                "policy 'distinct_classes' needs three classes in the split",
-                classes.numel(),
-                "Use policy 'random' or 'same_class'.",
-            )
-            cs = classes[torch.randperm(classes.numel(), generator=gen)[:3]]
-            rows.append(torch.cat([pick(by_class[int(c)], 1) for c in cs]))
-        elif policy == "same_class":
-            big = [c for c, ids in by_class.items() if ids.numel() >= 3]
-            check(
-                len(big) > 0,
-                "policy 'same_class' needs a class with three samples",
-                {c: int(ids.numel()) for c, ids in by_class.items()},
-                "Use a larger split or another policy.",
-            )
-            c = big[int(torch.randint(len(big), (1,), generator=gen))]
-            rows.append(pick(by_class[c], 3))
-        else:  # mislabelled
-            flipped = torch.nonzero(y != y_true).reshape(-1)
-            check(
-                flipped.numel() > 0,
-                "policy 'mislabelled' needs mislabelled samples (y != y_true), but the split "
-                "has none",
-                0,
-                "Train with label noise (some labels flipped, e.g. 15%) or use another policy.",
-            )
-            first = pick(flipped, 1)
-            others = torch.nonzero((y_true != y_true[first]) & (y_true != y[first])).reshape(-1)
-            pool = others if others.numel() >= 2 else torch.nonzero(
-                torch.arange(n) != first
-            ).reshape(-1)
-            rows.append(torch.cat([first, pick(pool, 2)]))
-    return torch.stack(rows).long()
 
 
 def make_plane_bank(
