@@ -16,37 +16,54 @@ subcommands and :func:`main`). A name is looked up in the module that defines it
 (``overparam_lit.cli.app.check_trainer_config``, ``overparam_lit.cli.commands.COMMANDS``).
 """
 
-from overparam_lit.cli.app import RUN_DIR_ENV, OverparamCLI
-from overparam_lit.cli.checks import (
-    LATE_CHECKED,
-    check_checkpoint_callbacks,
-    check_checkpoint_matches,
-    check_optimizer_config,
-    check_run_folder,
-    check_seed,
-    check_trainer_config,
-    resolve_last_checkpoint,
-)
-from overparam_lit.cli.commands import COMMANDS, Command, find_config_error, main, register_command
-from overparam_lit.cli.config_files import FRAGMENTS, resolve_config_args, resolve_fragment
-from overparam_lit.cli.console import (
-    EpochLines,
-    print_run_summary,
-    quiet_console,
-    stop_message,
-    sweep_block_note,
-    width_table,
-)
-from overparam_lit.cli.explain import ParserProblem, describe_type, explain_parser_error, read_parser_message
-from overparam_lit.cli.parser import DEBUG_ENV, OverparamArgumentParser
-from overparam_lit.cli.save_config import SaveRunConfig
-from overparam_lit.cli.wandb import (
-    DefineWandbAxes,
-    WandbOptions,
-    make_loggers,
-    resolve_wandb_mode,
-    wandb_has_credentials,
-)
+import gc
+
+# The imports below (Lightning, torch, torchmetrics, ...) build about half a million objects that
+# live until the process ends; the cycle collector would walk them all several times while they
+# are built (about a second). It pauses meanwhile and resumes as it was; `overparam-lit` then
+# freezes them (commands.main).
+_collecting = gc.isenabled()
+gc.disable()
+try:
+    from overparam_lit.cli.app import RUN_DIR_ENV, OverparamCLI
+    from overparam_lit.cli.checks import (
+        LATE_CHECKED,
+        check_checkpoint_callbacks,
+        check_checkpoint_matches,
+        check_optimizer_config,
+        check_run_folder,
+        check_seed,
+        check_trainer_config,
+        resolve_last_checkpoint,
+    )
+    from overparam_lit.cli.commands import COMMANDS, Command, find_config_error, main, register_command
+    from overparam_lit.cli.config_files import FRAGMENTS, resolve_config_args, resolve_fragment
+    from overparam_lit.cli.console import (
+        EpochLines,
+        print_run_summary,
+        quiet_console,
+        stop_message,
+        sweep_block_note,
+        width_table,
+    )
+    from overparam_lit.cli.explain import (
+        ParserProblem,
+        describe_type,
+        explain_parser_error,
+        read_parser_message,
+    )
+    from overparam_lit.cli.parser import DEBUG_ENV, OverparamArgumentParser
+    from overparam_lit.cli.save_config import SaveRunConfig
+    from overparam_lit.cli.wandb import (
+        DefineWandbAxes,
+        WandbOptions,
+        make_loggers,
+        resolve_wandb_mode,
+        wandb_has_credentials,
+    )
+finally:
+    if _collecting:
+        gc.enable()
 
 __all__ = [
     "COMMANDS", "DEBUG_ENV", "FRAGMENTS", "LATE_CHECKED", "RUN_DIR_ENV",
