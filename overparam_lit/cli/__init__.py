@@ -19,9 +19,10 @@ subcommands and :func:`main`). A name is looked up in the module that defines it
 import gc
 
 # The imports below (Lightning, torch, torchmetrics, ...) build about half a million objects that
-# live until the process ends; the cycle collector would walk them all several times while they
-# are built (about a second). It pauses meanwhile and resumes as it was; `overparam-lit` then
-# freezes them (commands.main).
+# live until the process ends. The cycle collector would walk them all several times while they
+# are built and at every full collection after (each walk about a quarter of a second): it pauses
+# while they are built, then they are frozen (gc.freeze: never walked again, still freed when no
+# longer referenced) and it resumes as it was.
 _collecting = gc.isenabled()
 gc.disable()
 try:
@@ -62,6 +63,7 @@ try:
         wandb_has_credentials,
     )
 finally:
+    gc.freeze()
     if _collecting:
         gc.enable()
 

@@ -131,12 +131,13 @@ def _freeze_long_lived() -> None:
     """In the ``overparam-lit`` process (``main()`` reading ``sys.argv``): keep the cycle collector
     off the objects that live until the process ends.
 
-    The imported modules (about half a million objects, imported with the collector paused) are
-    frozen now, so the collections of a run never walk them. At exit, after the handlers the run
-    registered (W&B's teardown), everything left is frozen too: the interpreter's last collections
-    would walk it all only to drop it (about a second). Files and W&B runs are closed by then, and
-    what is still reachable is freed as the interpreter clears its modules. Callers that pass
-    ``args`` (tests, in their own process) keep their collector as it is."""
+    What exists now (the imports, frozen already by :mod:`overparam_lit.cli`, and anything a
+    launcher made before calling :func:`main`) is frozen, so the collections of a run never walk
+    it. At exit, after the handlers the run registered (W&B's teardown), everything left is frozen
+    too: the interpreter's last collections would walk it all only to drop it (about a second).
+    Files and W&B runs are closed by then, and what is still reachable is freed as the interpreter
+    clears its modules. Callers that pass ``args`` (tests, in their own process) keep their
+    collector as it is."""
     gc.freeze()
     if not _EXIT_FREEZE:
         atexit.register(gc.freeze)  # registered first, so it runs after the handlers of the run
