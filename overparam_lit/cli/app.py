@@ -38,7 +38,13 @@ from overparam_lit.cli.checks import (
 from overparam_lit.cli.console import EpochLines, print_run_summary, sweep_block_note
 from overparam_lit.cli.parser import OverparamArgumentParser
 from overparam_lit.cli.save_config import SaveRunConfig
-from overparam_lit.cli.wandb import DefineWandbAxes, WandbOptions, make_loggers, resolve_wandb_mode
+from overparam_lit.cli.wandb import (
+    DefineWandbAxes,
+    WandbOptions,
+    make_loggers,
+    resolve_wandb_mode,
+    start_wandb_service,
+)
 from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.data.base import ArrayDataModule
 from overparam_lit.loggers import MetricsCSVCheckpoint, RunCSVLogger, flatten_config
@@ -258,6 +264,8 @@ class OverparamCLI(LightningCLI):
         self._check_instantiated()
         self.checkpoint = None  # checked; Lightning loads it again itself
         self._accept_run_folder(subcommand)
+        if self.wandb_mode != "disabled" and self._launch_rank_zero() and self.trainer.is_global_zero:
+            start_wandb_service(self.trainer.loggers, self.wandb_mode == "offline")
 
     def before_fit(self) -> None:
         """Checks, then lock and accept the run folder (nothing was written before this); a study

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +14,7 @@ from typing import Any, Literal
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, WandbLogger
 
+from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.loggers import RunCSVLogger, RunWandbLogger
 
 
@@ -85,6 +88,36 @@ def make_loggers(root: Path, options: WandbOptions, wandb_config: Mapping[str, A
             job_type=job_type, offline=mode == "offline", log_model=False,
         ))
     return loggers
+
+
+def start_wandb_service(loggers: Iterable[Logger], offline: bool) -> None:
+    """Start W&B's service process for the W&B run of :func:`make_loggers` that the fit is about to
+    start (rank zero; ``offline`` as resolved there).
+
+    ``wandb.init`` starts the service and waits for it (a fifth of a second), then imports W&B's
+    launch-inputs module (half a second in a process that has loaded Lightning). Here the service
+    starts in a thread (``wandb.setup``, W&B's own way to start it early) while this thread imports
+    that module; ``wandb.init`` then finds both ready and starts the run as it would have. An error
+    is left for ``wandb.init`` to raise. ``offline`` sets ``WANDB_MODE`` as ``WandbLogger`` does
+    before ``wandb.init``, since W&B reads its settings from the environment when it is set up."""
+    if not any(isinstance(lg, RunWandbLogger) and wandb_run_if_started(lg) is None for lg in loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        return
+    if offline:
+        os.environ["WANDB_MODE"] = "dryrun"
+
+    def start() -> None:
+        with contextlib.suppress(Exception):
+            wandb.setup()
+
+    service = threading.Thread(target=start, name="wandb-service-start", daemon=True)
+    service.start()
+    with contextlib.suppress(ImportError):
+        import wandb.sdk.launch.inputs.internal  # noqa: F401  (what wandb.init imports next)
+    service.join()
 
 
 class DefineWandbAxes(Callback):
