@@ -42,7 +42,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write, durable, fsync_path, read_csv_rows
+from overparam_lit.utils import atomic_write, durable, fsync_deferred, fsync_path, read_csv_rows
 
 __all__ = [
     "CheckpointedCSV",
@@ -80,6 +80,8 @@ class CheckpointedCSV:
         self.pending: list[dict[str, Any]] = []
         self._rows_on_disk: int | None = None
         self.checkpointed: int | None = None  # rows of the newest checkpoint made or loaded
+        self._unsynced = True  # the file may hold writes not yet on disk (unknown for an old file)
+        self._renamed = False  # replaced by a rename whose folder entry is not yet on disk
 
     # ---- reading -----------------------------------------------------------------------------
     def _scan(self) -> None:
@@ -124,19 +126,30 @@ class CheckpointedCSV:
                 writer.writeheader()
                 writer.writerows(rows)
 
-        atomic_write(self.path, write)
+        synced = durable()
+        atomic_write(self.path, write, sync=synced)
+        self._unsynced = self._renamed = not synced
+
+    def _sync(self) -> None:
+        """Wait for the disk: the file, and its folder after a rename that did not."""
+        if self._unsynced and self.path.is_file():
+            fsync_path(self.path)
+        if self._renamed:
+            fsync_path(self.path.parent)
+        self._unsynced = self._renamed = False
 
     def flush(self, sync: bool = False) -> int:
         """Write the buffered rows; with ``sync`` they reach the disk before this returns.
 
-        New columns rewrite the whole file atomically (temporary file, fsync, rename), so a kill
-        never leaves it empty or with a header that does not match its rows. Returns the number
-        of rows on disk.
+        New columns rewrite the whole file atomically (temporary file, fsync unless
+        :func:`~overparam_lit.utils.fsync_deferred`, rename), so a kill never leaves it empty or
+        with a header that does not match its rows. A file already on disk is not synced again.
+        Returns the number of rows on disk.
         """
         self._scan()
         if not self.pending:
-            if sync and self.path.is_file():
-                fsync_path(self.path)
+            if sync:
+                self._sync()
             return self.rows_on_disk
         rows, self.pending = self.pending, []
         new = [] if self.fixed else sorted({k for r in rows for k in r} - set(self.columns))
@@ -145,6 +158,8 @@ class CheckpointedCSV:
             self.columns = sorted(set(self.columns) | set(new)) if not self.fixed else self.columns
             self._rewrite(old + rows)
             self._rows_on_disk = len(old) + len(rows)
+            if sync:
+                self._sync()
             return self._rows_on_disk
         with open(self.path, "a", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=self.columns, extrasaction="ignore", restval="")
@@ -152,6 +167,10 @@ class CheckpointedCSV:
             fh.flush()
             if sync:
                 os.fsync(fh.fileno())
+        self._unsynced = not sync
+        if sync and self._renamed:
+            fsync_path(self.path.parent)
+            self._renamed = False
         self._rows_on_disk = self.rows_on_disk + len(rows)
         return self._rows_on_disk
 
@@ -187,8 +206,8 @@ class CheckpointedCSV:
         find it. Returns the rows removed from the file."""
         self.pending = []
         removed = self.truncate(self.checkpointed or 0)
-        if self.path.is_file():
-            fsync_path(self.path)
+        self._unsynced = True
+        self._sync()
         return removed
 
 
@@ -324,11 +343,15 @@ class RunCSVLogger(Logger):
         self.csv.append(row)
         self._logged += 1
         if (row["step"] + 1) % self._flush_every == 0:
-            self.csv.flush()
+            self.save()
 
     @rank_zero_only
     def save(self) -> None:
-        self.csv.flush()
+        """Write the buffered rows (Lightning asks after every logging step). They wait for the
+        disk only when a checkpoint refers to them or the fit ends (:meth:`finalize`); a killed
+        process loses none of them."""
+        with fsync_deferred():
+            self.csv.flush()
 
     @rank_zero_only
     def finalize(self, status: str) -> None:

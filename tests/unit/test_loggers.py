@@ -184,6 +184,31 @@ def test_run_csv_logger_writes_lightning_s_metrics_layout(tmp_path: Path) -> Non
     assert (tmp_path / "metrics.csv").read_text().endswith("\n2,0.25,\n")
 
 
+def test_the_logger_s_rows_wait_for_the_disk_once_when_the_fit_ends(tmp_path: Path, monkeypatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real(fd))[1])
+    logger = RunCSVLogger(tmp_path)
+    logger.log_metrics({"model/width": 8.0}, step=0)
+    logger.save()  # creates the file
+    logger.log_metrics({"train/loss": 0.5, "epoch": 0}, step=3)
+    logger.save()  # new columns: the file is replaced
+    logger.log_metrics({"train/loss": 0.25, "epoch": 1}, step=7)
+    logger.save()  # appended
+    assert synced == [] and logger.csv.rows_on_disk == 3
+    logger.finalize("success")  # the rows, and the folder entry of the replaced file
+    assert sorted(synced) == sorted(str(p.resolve()) for p in (tmp_path, tmp_path / "metrics.csv"))
+    synced.clear()
+    MetricsCSVCheckpoint().on_fit_end(trainer_at(tmp_path, loggers=[logger]), None)
+    logger.finalize("success")
+    assert synced == []  # nothing new since
+    logger.log_metrics({"train/loss": 0.125, "epoch": 2}, step=11)
+    logger.finalize("success")
+    assert synced == [str((tmp_path / "metrics.csv").resolve())]  # appended, in place
+    assert logger.csv.read()[-1] == {"epoch": "2", "model/width": "", "step": "11", "train/loss": "0.125"}
+
+
 def test_metrics_checkpoint_uses_the_logger_s_csv_and_takes_no_rows(tmp_path: Path) -> None:
     logger = RunCSVLogger(tmp_path)
     callback = MetricsCSVCheckpoint()
