@@ -18,6 +18,7 @@ from overparam_lit.data import (
 )
 from overparam_lit.data.augment import random_crop_flip
 from overparam_lit.data.noise import corrupt_labels
+from overparam_lit.models.steps import StepChunk
 from overparam_lit.utils import ConfigError
 
 
@@ -96,6 +97,42 @@ def test_tensor_batches_shard_ranks_and_cover_epoch() -> None:
     assert all(torch.equal(a[1], b[1]) for a, b in zip(again, shards[0], strict=True))
     evals = [torch.cat([b[1] for b in TensorBatches(t, 7, False, rank=r, world_size=2)]) for r in (0, 1)]
     assert sorted(torch.cat(evals).tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("batch_size", [100, 7, 1])
+@pytest.mark.parametrize("calls", [None, [32, 5, 1, 32]])
+def test_batches_indexed_together_equal_batches_indexed_alone(batch_size: int,
+                                                              calls: list[int] | None) -> None:
+    """Consecutive batches are cut from one indexing; each equals the batch indexed on its own,
+    inputs down to where their memory starts (kernels may take other paths for other alignments),
+    and an augmentation draws in the same order."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(700, 1, 40, generator=gen), torch.randint(0, 10, (700,), generator=gen)
+    y_true = torch.where(torch.rand(700, generator=gen) < 0.2, (y + 1) % 10, y)
+    n = -(-700 // batch_size)
+    sizes = None
+    if calls is not None:  # the calls cut the epoch's batches; what is left, one batch each
+        sizes = []
+        for c in calls:
+            sizes.append(min(c, n - sum(sizes)))
+        sizes = [c for c in sizes if c] + [1] * (n - sum(sizes))
+
+    def noisy(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        return xb + torch.rand(xb.shape, generator=g)
+
+    for augment in (None, noisy):
+        batches = TensorBatches((x, y, y_true), batch_size, shuffle=True, seed=5, epoch_fn=lambda: 3,
+                                augment=augment, calls_fn=lambda: sizes)
+        got = [b for item in batches for b in (item if isinstance(item, StepChunk) else [item])]
+        g = torch.Generator().manual_seed(5 * 1_000_003 + 3)
+        idx = torch.randperm(700, generator=g)
+        assert len(got) == n
+        for i, (xb, yb, tb) in enumerate(got):
+            b = idx[i * batch_size : (i + 1) * batch_size]
+            want = (x[b] if augment is None else noisy(x[b], g), y[b], y_true[b])
+            for have, ref in zip((xb, yb, tb), want, strict=True):
+                assert have.dtype == ref.dtype and have.shape == ref.shape and torch.equal(have, ref)
+            assert xb.data_ptr() % 64 == want[0].data_ptr() % 64
 
 
 def test_random_crop_flip_against_loop() -> None:

@@ -18,6 +18,16 @@ Augment = Callable[[Tensor, torch.Generator], Tensor]
 LOADED = ("x_train", "y_train", "x_test", "y_test")
 """The tensors :meth:`ArrayDataModule.load` returns."""
 
+RUN_BATCHES, BLOCK_BYTES = 32, 4 << 20
+"""Consecutive batches are indexed together (a call's, or this many of one step each), in blocks
+of at most this many bytes a tensor."""
+
+
+def _alignment(device: torch.device) -> int:
+    """Bytes to which a new tensor on ``device`` is aligned (PyTorch's CPU allocator: 64; CUDA's
+    caching allocator: 512)."""
+    return 64 if device.type == "cpu" else 512
+
 
 class TensorBatches:
     """An iterable of ``(x, y, y_true)`` batches cut from tensors by indexing.
@@ -32,6 +42,9 @@ class TensorBatches:
     epoch's iteration starts, may return ``(step, period)``: the epoch's first batch is then batch
     ``step % period`` of an order that restarts every ``period`` batches (its ``e``-th run
     through the data drawn from ``seed`` and ``e``, as the per-epoch order draws epoch ``e``).
+    Outside a replay, a call's batches (or :data:`RUN_BATCHES` consecutive ones) are indexed
+    together, one indexing per tensor rather than per batch, where that gives exactly the batches
+    of their own indexing (:meth:`_block_batches`).
     """
 
     def __init__(
@@ -83,28 +96,45 @@ class TensorBatches:
                 xb = self.augment(xb, gen)
             yield xb, y[b], y_true[b]
 
-    def _batches(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    def _block_batches(self, tensor: Tensor) -> int:
+        """How many consecutive batches of ``tensor`` one indexing takes (1: each its own). A batch
+        cut from a block is a view that starts where a tensor of its own would be aligned, or holds
+        integers (exact arithmetic), so every kernel computes exactly as on a batch of its own."""
+        batch = self.batch_size * tensor[0].numel() * tensor.element_size()
+        exact = not (tensor.is_floating_point() or tensor.is_complex())
+        if not exact and batch % _alignment(self.device):
+            return 1
+        return max(1, BLOCK_BYTES // max(1, batch))
+
+    def _batches(self, calls: list[int] | None = None) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         replay = self.replay_fn() if self.replay_fn is not None and self.shuffle else None
         if replay is not None:
             yield from self._replayed(*replay)
             return
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(self.epoch_fn()))
         idx = self._indices(gen)
-        x, y, y_true = self.tensors
-        bs = self.batch_size
-        for i in range(len(self)):
-            b = idx[i * bs : (i + 1) * bs]
-            xb = x[b]
-            if self.augment is not None:
-                xb = self.augment(xb, gen)
-            yield xb, y[b], y_true[b]
+        bs, n = self.batch_size, len(self)
+        blocks = [self._block_batches(t) for t in self.tensors]
+        i = 0
+        for run in calls or [RUN_BATCHES] * -(-n // RUN_BATCHES):
+            end = min(i + run, n)
+            cut: list[list[Tensor]] = [[] for _ in self.tensors]  # each tensor's batches i..end
+            for t, per, out in zip(self.tensors, blocks, cut, strict=True):
+                for j in range(i, end, per):
+                    block = t[idx[j * bs : min(j + per, end) * bs]]
+                    out.extend(block[k * bs : (k + 1) * bs] for k in range(min(per, end - j)))
+            for xb, yb, tb in zip(*cut, strict=True):
+                if self.augment is not None:
+                    xb = self.augment(xb, gen)
+                yield xb, yb, tb
+            i = end
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor] | StepChunk]:
         calls = self.calls_fn() if self.calls_fn is not None else None
         if calls is None:
             yield from self._batches()
             return
-        batches = self._batches()  # the same batches, cut into calls of several optimizer steps
+        batches = self._batches(calls)  # the same batches, cut into calls of several optimizer steps
         for size in calls:
             yield StepChunk(batches, size)
 
