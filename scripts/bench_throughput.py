@@ -8,7 +8,9 @@ own per-step cost, for reference). The framework runs with its default ``steps_p
 (``auto``: several optimizer steps per Lightning step) and with 1. Runs alternate, best of
 ``--repeats`` each; each is timed over its whole call (``Trainer.fit`` including its start-up).
 Prints samples/s; the last line is JSON with ``"ratio"`` (framework / plain),
-``"ratio_steps_per_call_1"`` and ``"bare_lightning_ratio"``.
+``"ratio_steps_per_call_1"`` and ``"bare_lightning_ratio"``. A one-epoch framework fit after each
+round splits the framework's time into a fixed cost per fit and a cost per epoch (a line fitted
+through the one- and the ``--epochs``-epoch fit), printed beside the plain loop's epoch.
 
     python scripts/bench_throughput.py [--epochs 5] [--repeats 3]
 """
@@ -102,7 +104,7 @@ def main() -> None:
     samples = args.epochs * (x.shape[0] // BATCH) * BATCH
     plain_loop(x, y, 1, 0)  # warm-up
     best = {"plain": float("inf"), "framework": float("inf"), "framework_k1": float("inf"),
-            "bare": float("inf")}
+            "bare": float("inf"), "framework_1_epoch": float("inf")}
     with tempfile.TemporaryDirectory() as root:
         framework_fit(1, 0, f"{root}/warm")  # warm-up
         for s in range(args.repeats):  # interleaved, so background load hits all sides alike
@@ -111,16 +113,28 @@ def main() -> None:
             one = framework_fit(args.epochs, s, f"{root}/k1-{s}", "1")
             best["framework_k1"] = min(best["framework_k1"], one)
             best["bare"] = min(best["bare"], bare_lightning_fit(dm, args.epochs, s))
-    sps = {k: samples / v for k, v in best.items()}
+            if args.epochs > 1:  # after the round's fits, so it changes none of them
+                one = framework_fit(1, s, f"{root}/e1-{s}")
+                best["framework_1_epoch"] = min(best["framework_1_epoch"], one)
+    sps = {k: samples / best[k] for k in ("plain", "framework", "framework_k1", "bare")}
     print(f"plain PyTorch loop    : {sps['plain']:10.0f} samples/s ({best['plain']:.3f} s)")
     print(f"overparam-lit fit     : {sps['framework']:10.0f} samples/s ({best['framework']:.3f} s)")
     print(f"  steps_per_call 1    : {sps['framework_k1']:10.0f} samples/s ({best['framework_k1']:.3f} s)")
     print(f"bare Lightning module : {sps['bare']:10.0f} samples/s ({best['bare']:.3f} s)")
+    split = {}
+    if args.epochs > 1:
+        epoch = (best["framework"] - best["framework_1_epoch"]) / (args.epochs - 1)
+        split = {"framework_fixed_ms": round(1e3 * (best["framework_1_epoch"] - epoch), 1),
+                 "framework_epoch_ms": round(1e3 * epoch, 1),
+                 "plain_epoch_ms": round(1e3 * best["plain"] / args.epochs, 1)}
+        print(f"  framework: {split['framework_fixed_ms']:.1f} ms per fit + {split['framework_epoch_ms']:.1f}"
+              f" ms per epoch (plain loop: {split['plain_epoch_ms']:.1f} ms per epoch)")
     print(json.dumps({"plain_samples_per_s": round(sps["plain"]),
                       "framework_samples_per_s": round(sps["framework"]),
                       "bare_lightning_samples_per_s": round(sps["bare"]),
                       "bare_lightning_ratio": round(sps["bare"] / sps["plain"], 3),
                       "ratio_steps_per_call_1": round(sps["framework_k1"] / sps["plain"], 3),
+                      **split,
                       "ratio": round(sps["framework"] / sps["plain"], 3)}))
 
 
