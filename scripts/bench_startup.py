@@ -8,11 +8,14 @@ Measures, each in fresh subprocesses:
   the on-disk data cache the fit uses, generating it with ``mnist1d`` on a miss), trains the same
   MLP (2 x 256 ReLU, Adam lr 1e-3, batch 100, 40 epochs) with one evaluation on the test split
   per epoch, and writes a CSV. Both use the thread count the fit chooses by default (read from
-  its first line). The runs alternate; medians of ``--repeats``.
+  its first line). The runs alternate; medians of ``--repeats``. On a shared machine the load of
+  other processes only adds time: ``quickstart_min_ratio`` divides the fastest fit by the fastest
+  plain run.
 - ``second_fit_data_seconds``: ``MNIST1D().setup("fit")`` in a second fresh process, once the
   first has filled a fresh cache folder (``first_fit_data_seconds`` beside it).
 - ``import_seconds``: ``import overparam_lit.cli`` with W&B disabled, beside
-  ``torch_import_seconds`` (``import torch`` alone); medians of ``--repeats``.
+  ``torch_import_seconds`` (``import torch`` alone) and ``lightning_import_seconds`` (``import
+  lightning`` alone: the floor of any Lightning CLI); medians of ``--repeats``.
 
 The last line is JSON.
 
@@ -155,19 +158,22 @@ def main() -> None:
         second = last_float(run([sys.executable, str(data_script), cache_dir], env)[1])
 
     off = {**env, "WANDB_MODE": "disabled"}
-    cli_s, torch_s = [], []
+    cli_s, torch_s, lightning_s = [], [], []
     for _ in range(args.repeats):
         cli = IMPORT.format(module="overparam_lit.cli")
         cli_s.append(last_float(run([sys.executable, "-c", cli], off)[1]))
         torch_s.append(last_float(run([sys.executable, "-c", IMPORT.format(module="torch")], off)[1]))
+        lightning_s.append(last_float(run([sys.executable, "-c", IMPORT.format(module="lightning")], off)[1]))
 
     fit_med, plain_med = statistics.median(fits), statistics.median(plains)
     print(f"fit process {fit_med:.2f} s, plain script {plain_med:.2f} s (medians of {args.repeats})")
     print(f"data: first fit {first:.3f} s, second fit {second:.3f} s")
     print(f"import overparam_lit.cli {statistics.median(cli_s):.2f} s, "
-          f"import torch {statistics.median(torch_s):.2f} s")
+          f"import torch {statistics.median(torch_s):.2f} s, "
+          f"import lightning {statistics.median(lightning_s):.2f} s")
     print(json.dumps({
         "quickstart_process_ratio": round(fit_med / plain_med, 3),
+        "quickstart_min_ratio": round(min(fits) / min(plains), 3),
         "fit_process_seconds": round(fit_med, 2),
         "plain_process_seconds": round(plain_med, 2),
         "threads": threads[0] if len(set(threads)) == 1 else threads,
@@ -175,6 +181,7 @@ def main() -> None:
         "first_fit_data_seconds": round(first, 4),
         "import_seconds": round(statistics.median(cli_s), 3),
         "torch_import_seconds": round(statistics.median(torch_s), 3),
+        "lightning_import_seconds": round(statistics.median(lightning_s), 3),
         "repeats": args.repeats,
         "epochs": args.epochs,
     }))
