@@ -300,6 +300,7 @@ class RunCSVLogger(Logger):
         self.hparams: dict[str, Any] = {}
         self._flush_every = max(1, int(flush_logs_every_n_steps))
         self._logged = 0
+        self._hparams_unsynced = False
 
     @property
     def name(self) -> str:
@@ -334,7 +335,9 @@ class RunCSVLogger(Logger):
             params = vars(params)
         self.hparams.update(dict(params or {}))
         hparams = dict(self.hparams)
-        atomic_write(self.folder.hparams_yaml, lambda tmp: save_hparams_to_yaml(tmp, hparams))
+        # on disk when the fit ends (finalize), with metrics.csv
+        atomic_write(self.folder.hparams_yaml, lambda tmp: save_hparams_to_yaml(tmp, hparams), sync=False)
+        self._hparams_unsynced = True
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
@@ -355,7 +358,13 @@ class RunCSVLogger(Logger):
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
+        """The end of a fit (or test): the rows and ``hparams.yaml`` wait for the disk."""
+        if self._hparams_unsynced:
+            fsync_path(self.folder.hparams_yaml)
         self.csv.flush(sync=True)
+        if self._hparams_unsynced:
+            fsync_path(self.folder.root)  # its folder entry (at once when metrics.csv's was synced)
+            self._hparams_unsynced = False
 
 
 class MetricsCSVCheckpoint(CheckpointedCSVCallback):

@@ -1,9 +1,10 @@
 """The run folder's ``config.yaml``: written once the fit was accepted, ready to be used again
-with ``-c``."""
+with ``-c``, and on disk when the fit ends or stops."""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -12,6 +13,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 
 from overparam_lit.runfolder import RunFolder
+from overparam_lit.utils import atomic_write_text, fsync_deferred, fsync_path
 
 YAML_OPTIONS = {"default_flow_style": False, "allow_unicode": True, "sort_keys": False}
 """The options of jsonargparse's ``yaml`` dump."""
@@ -52,12 +54,15 @@ class SaveRunConfig(SaveConfigCallback):
     the fit was accepted). A fit that resumes the folder keeps the earlier config as
     ``config.yaml.<time>.bak``. ``overwrite`` is saved as false, so rerunning the saved config
     never clears a folder by surprise. Values the CLI links from the data module into the model
-    are appended as comments (they are recomputed when the file is used again with ``-c``).
+    are appended as comments (they are recomputed when the file is used again with ``-c``). The
+    file waits for the disk once, when the fit (or test) ends or stops, with the run's other files,
+    not before its first step; a killed process loses nothing by it.
     """
 
     def __init__(self, *args: Any, keep_old: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.keep_old = keep_old
+        self._unsynced: Path | None = None  # the written config, not yet on disk
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.already_saved:
@@ -71,14 +76,26 @@ class SaveRunConfig(SaveConfigCallback):
                 for k, v in linked.items()
             )
             folder = RunFolder(log_dir)
-            if self.config_filename == RunFolder.CONFIG:
-                folder.write_config(text, keep_old=self.keep_old)
-            else:
-                from overparam_lit.utils import atomic_write_text
-
-                atomic_write_text(text, folder.root / self.config_filename)
+            with fsync_deferred():
+                if self.config_filename == RunFolder.CONFIG:
+                    self._unsynced = folder.write_config(text, keep_old=self.keep_old)
+                else:
+                    self._unsynced = atomic_write_text(text, folder.root / self.config_filename)
             self.already_saved = True
         self.already_saved = trainer.strategy.broadcast(self.already_saved)
+
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.sync()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.sync()  # a stopped fit resumes with it
+
+    def sync(self) -> None:
+        """Make the written config durable (the file and its folder entry)."""
+        if self._unsynced is not None:
+            fsync_path(self._unsynced)
+            fsync_path(self._unsynced.parent)
+            self._unsynced = None
 
     def config_text(self) -> str:
         """The config as a rerun should read it: ``overwrite`` false and ``threads`` unset (a

@@ -190,6 +190,7 @@ def test_the_logger_s_rows_wait_for_the_disk_once_when_the_fit_ends(tmp_path: Pa
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
                                                  real(fd))[1])
     logger = RunCSVLogger(tmp_path)
+    logger.log_hyperparams({"width": 8})
     logger.log_metrics({"model/width": 8.0}, step=0)
     logger.save()  # creates the file
     logger.log_metrics({"train/loss": 0.5, "epoch": 0}, step=3)
@@ -197,8 +198,10 @@ def test_the_logger_s_rows_wait_for_the_disk_once_when_the_fit_ends(tmp_path: Pa
     logger.log_metrics({"train/loss": 0.25, "epoch": 1}, step=7)
     logger.save()  # appended
     assert synced == [] and logger.csv.rows_on_disk == 3
-    logger.finalize("success")  # the rows, and the folder entry of the replaced file
-    assert sorted(synced) == sorted(str(p.resolve()) for p in (tmp_path, tmp_path / "metrics.csv"))
+    logger.finalize("success")  # both files, and the folder entries of their renames
+    files = (tmp_path / "hparams.yaml", tmp_path / "metrics.csv")
+    assert set(synced) == {str(p.resolve()) for p in (tmp_path, *files)} and len(synced) <= 4
+    assert yaml.safe_load(files[0].read_text()) == {"width": 8}
     synced.clear()
     MetricsCSVCheckpoint().on_fit_end(trainer_at(tmp_path, loggers=[logger]), None)
     logger.finalize("success")

@@ -1,10 +1,14 @@
 """The run folder's config.yaml: the YAML dump it goes through writes jsonargparse's text exactly,
-and the two settings a rerun should not inherit are changed in the text only."""
+the two settings a rerun should not inherit are changed in the text only, and the file waits for
+the disk when the fit ends or stops."""
 
 from __future__ import annotations
 
+import os
 import random
 import string
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -103,3 +107,27 @@ def test_a_failed_dump_leaves_the_config_as_it_was(monkeypatch: pytest.MonkeyPat
     with pytest.raises(ValueError, match="cannot dump"):
         cb.config_text()
     assert cb.config == Namespace(overwrite=True, threads=3, width=8)
+
+
+def test_the_config_waits_for_the_disk_when_the_fit_ends_or_stops(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")),
+                                                 real(fd))[1])
+    trainer = SimpleNamespace(log_dir=str(tmp_path), is_global_zero=True,
+                              strategy=SimpleNamespace(broadcast=lambda value: value))
+    module = SimpleNamespace(input_shape=(1, 40), num_classes=10, task="classification")
+    for end in ("teardown", "on_exception"):
+        cb = saver()
+        cb.setup(trainer, module, "fit")
+        text = (tmp_path / "config.yaml").read_text()
+        assert text.startswith("overwrite: false\nthreads: null\nwidth: 8\n")
+        assert text.endswith("#   model.init_args.input_shape: [1, 40]\n#   model.init_args.num_classes: 10\n"
+                             "#   model.init_args.task: classification\n")
+        assert synced == []  # not before the first step
+        getattr(cb, end)(trainer, module, "fit" if end == "teardown" else RuntimeError())
+        assert sorted(synced) == sorted(str(p.resolve()) for p in (tmp_path, tmp_path / "config.yaml"))
+        cb.teardown(trainer, module, "test")
+        assert len(synced) == 2  # once
+        synced.clear()
