@@ -122,6 +122,43 @@ def test_callback_short_names_still_resolve(tmp_path: Path) -> None:
     assert proc.returncode == 0 and "--trainer.callbacks.lanczos_iters" in proc.stdout, proc.stderr[-2000:]
 
 
+
+COLLECTOR = """
+import atexit, gc, json, sys
+was = sys.argv[1] == "on"
+if not was:
+    gc.disable()
+import overparam_lit.cli
+from overparam_lit.cli import commands
+state = {"enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}
+for args in (["--help"], None):  # a caller's arguments, then sys.argv as overparam-lit reads it
+    before, handlers = gc.get_freeze_count(), atexit._ncallbacks()
+    junk = [[] for _ in range(1000)]  # made after the imports
+    sys.argv = ["overparam-lit", "--help"]
+    try:
+        commands.main(args)
+    except SystemExit:
+        pass
+    state["args" if args else "argv"] = [gc.get_freeze_count() > before, atexit._ncallbacks() - handlers]
+print(json.dumps(state))
+"""
+
+
+@pytest.mark.parametrize("collector", ["on", "off"])
+def test_cli_import_freezes_its_objects_and_keeps_the_collector(collector: str) -> None:
+    """The collector pauses during the CLI's imports and resumes as it was; what they built is
+    frozen. Only ``overparam-lit`` itself (main reading sys.argv) freezes later objects and again
+    at exit; a caller passing arguments keeps its collector as it is."""
+    proc = subprocess.run([sys.executable, "-c", COLLECTOR, collector], cwd=REPO, env=_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    state = json.loads(proc.stdout.splitlines()[-1])
+    assert state["enabled"] is (collector == "on")
+    assert state["frozen"] > 100_000  # Lightning, torch and ours: about half a million
+    assert state["args"] == [False, 0]
+    assert state["argv"][0] is True and state["argv"][1] >= 1  # gc.freeze registered for exit
+
+
 # ---- the lazy packages ---------------------------------------------------------------------------
 def test_lazy_package_names_are_the_functions() -> None:
     import importlib
