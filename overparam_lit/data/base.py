@@ -23,10 +23,10 @@ RUN_BATCHES, BLOCK_BYTES = 32, 4 << 20
 of at most this many bytes a tensor."""
 
 
-def _alignment(device: torch.device) -> int:
+def _alignment(device: torch.device) -> int | None:
     """Bytes to which a new tensor on ``device`` is aligned (PyTorch's CPU allocator: 64; CUDA's
-    caching allocator: 512)."""
-    return 64 if device.type == "cpu" else 512
+    caching allocator: 512); ``None`` where it is not known."""
+    return {"cpu": 64, "cuda": 512}.get(device.type)
 
 
 class TensorBatches:
@@ -102,7 +102,8 @@ class TensorBatches:
         integers (exact arithmetic), so every kernel computes exactly as on a batch of its own."""
         batch = self.batch_size * tensor[0].numel() * tensor.element_size()
         exact = not (tensor.is_floating_point() or tensor.is_complex())
-        if not exact and batch % _alignment(self.device):
+        align = _alignment(self.device)
+        if not exact and (align is None or batch % align):
             return 1
         return max(1, BLOCK_BYTES // max(1, batch))
 
