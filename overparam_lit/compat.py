@@ -2,7 +2,7 @@
 
 Lightning keeps its private helpers (module paths with a leading underscore, underscored methods)
 free to change between minor releases. The package touches them only through the functions
-below, each covered by one test in ``tests/test_compat.py``, so a Lightning upgrade that breaks
+below, each covered by one test in ``tests/unit/test_compat.py``, so a Lightning upgrade that breaks
 one fails there with a name instead of deep inside a fit. ``pyproject.toml`` bounds
 ``lightning`` to the releases these were tested with.
 """

@@ -1,7 +1,7 @@
 """Every GPU-specific check in one run: fits, members, probes, snapshots, IMP and speed on CUDA.
 
 Run it once on a machine with one CUDA GPU (its sizes are chosen to finish in under 8 minutes on
-one H100), or at tiny sizes on the CPU, which checks the script's logic (``tests/test_gpu_check.py``
+one H100), or at tiny sizes on the CPU, which checks the script's logic (``tests/cli/test_gpu_check.py``
 runs that):
 
     python scripts/gpu_check.py                         # CUDA, full sizes
@@ -264,11 +264,11 @@ def check_members(ctx: Ctx) -> dict[str, Any]:
         "--data.root", str(ctx.cifar_small), "--data.train_subset", str(4 * batch), "--data.batch_size",
         str(batch), "--model.width", str(ctx.q(2, 4)), "--model.optimizer", "SGD",
         "--model.optimizer.lr", "0.01", "--model.optimizer.momentum", "0.9"]
-    # The largest sums: a weight gradient over batch x input positions (as in tests/test_members.py).
-    # SGD (not Adam: see tests/test_members.py's float64 case) at lr 0.01: on the CPU the CNN member
-    # stays within 1.2e-7 of its single fit over the 8 steps; at lr 0.05 one step amplified the
-    # float32 difference 500-fold (to 2.5e-3 after 8 steps; float64 stays at 1e-16), which is the
-    # dynamics, not the stacking.
+    # The largest sums: a weight gradient over batch x input positions (as in
+    # tests/unit/models/test_members.py). SGD (not Adam: see that file's float64 case) at lr 0.01:
+    # on the CPU the CNN member stays within 1.2e-7 of its single fit over the 8 steps; at lr 0.05
+    # one step amplified the float32 difference 500-fold (to 2.5e-3 after 8 steps; float64 stays at
+    # 1e-16), which is the dynamics, not the stacking.
     mlp = _members_case(ctx, "mlp", mlp_args, seeds, singles, batch * 40, steps)
     tf32 = torch.backends.cudnn.allow_tf32
     torch.backends.cudnn.allow_tf32 = False  # float32 convolutions, else TF32 (10-bit mantissa)

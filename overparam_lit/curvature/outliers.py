@@ -14,8 +14,8 @@ only the positive ones.
   separated eigenvalues follow it.
 
 Sagun et al. (2017) and Papyan (2019, 2020) report about C outliers (C the number of classes) for
-cross-entropy nets; ``tests/test_curvature_outliers.py`` checks both rules on matrices with known
-outliers.
+cross-entropy nets; ``tests/unit/curvature/test_curvature_outliers.py`` checks both rules on
+matrices with known outliers.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ descent leaves the saddle only as fast as rounding noise grows along the negativ
 unchanged to first order, :func:`~overparam_lit.escape.surgery.split_direction`), ``random``
 (Gaussian over all parameters) or the path of a ``.pt`` file ``{parameter name: tensor}``
 keyed like the module's ``state_dict`` (``net.0.weight``; with members, a leading member
-axis), normalised per member. Measured (``tests/test_widen.py``): at a float64 critical point
+axis), normalised per member. Measured (``tests/unit/callbacks/test_widen.py``): at a float64 critical point
 of a width-2 tanh student, widened to 3 (``lambda_min`` -0.017), 600 full-batch SGD steps
 leave the loss unchanged to 16 digits without a nudge, while a ``split`` nudge of 1e-2
 halves it; at points that are not exact critical points (any ordinary fit) it is not needed.

@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) train the quickstart model through the CLI; used by tests/test_cli.py."""
+"""Two CPU processes (gloo) train the quickstart model through the CLI; used by tests/cli/test_cli.py."""
 
 import sys
 

@@ -1,6 +1,6 @@
 """Two CPU processes (gloo) train a small MLP (argv[2] == "mlp") or BatchNorm CNN ("cnn") with a
 HessianProbe; each rank saves its probe history and its final state (parameters and BatchNorm
-statistics) to argv[1] (used by tests/test_hessian_probe_ddp.py)."""
+statistics) to argv[1] (used by tests/unit/callbacks/test_hessian_probe_ddp.py)."""
 
 import sys
 from pathlib import Path

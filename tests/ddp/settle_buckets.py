@@ -1,6 +1,6 @@
 """One process (gloo, world size 1): a DDP forward that runs a prepared backward of its own before
 DDP's, as a call of several optimizer steps does; argv[1] == "1" settles the buckets in between
-(used by tests/test_compat.py: without it the next iteration fails inside DDP's reducer)."""
+(used by tests/unit/test_compat.py: without it the next iteration fails inside DDP's reducer)."""
 
 import socket
 import sys

@@ -1,5 +1,5 @@
 """Two CPU processes (gloo) train a stacked MLP with ``steps_per_call`` ``argv[2]`` (used by
-tests/test_steps_per_call.py)."""
+tests/unit/models/test_steps_per_call.py)."""
 
 import sys
 from pathlib import Path

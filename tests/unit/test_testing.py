@@ -2,7 +2,7 @@
 would prove nothing (a kill one write early or late leaves another folder).
 
 Here the SIGKILL is replaced by a snapshot of the folder at the moment it would arrive (what a
-killed process leaves), then an exception that ends the writes; tests/test_cli_resume.py kills
+killed process leaves), then an exception that ends the writes; tests/cli/test_cli_resume.py kills
 real processes with it."""
 
 from __future__ import annotations

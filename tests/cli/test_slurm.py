@@ -29,7 +29,7 @@ from overparam_lit.utils import read_csv_rows
 
 pytestmark = pytest.mark.slurm
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 ONE_CPU = ["--slurm", "cpus_per_task=1"]
 USABLE = ("idle", "mix", "alloc", "comp")  # sinfo's short node states that take jobs

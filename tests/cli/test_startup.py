@@ -14,7 +14,7 @@ import pytest
 from overparam_lit.threads import ENV, choose_threads, limit_blas, thread_env
 from overparam_lit.utils import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "overparam_lit"
 HEAVY = ("wandb", "matplotlib", "scipy", "torch_pruning", "submitit", "threadpoolctl")
 NEVER = ("wandb", "torch_pruning", "submitit", "threadpoolctl")

@@ -14,7 +14,7 @@ from overparam_lit.cli import main
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.schedules import log_spaced
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FRAGMENTS = {
     "imp": ["-c", "callbacks/imp.yaml", "--trainer.callbacks.levels", "2"],
     "hessian": ["-c", "callbacks/hessian.yaml", "--trainer.callbacks.num_probes", "4",

@@ -23,7 +23,7 @@ from overparam_lit.runfolder import RunFolder
 from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.studies.sweep import fork_available
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
 
 SLOW = '''

@@ -25,7 +25,7 @@ from overparam_lit.studies.sweep import main as sweep_main
 from overparam_lit.testing import TINY_STUDY_BASE
 from overparam_lit.utils import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 BASE = TINY_STUDY_BASE
 
@@ -218,7 +218,8 @@ class CrashOnce(L.Callback):
 
 def test_crash_is_retried_bad_input_is_not(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    # the sweep refuses a grid the fit would refuse before its first fit (tests/test_commands_bad_input.py);
+    # the sweep refuses a grid the fit would refuse before its first fit
+    # (tests/cli/test_commands_bad_input.py);
     # without that check, a fit that exits 2 (bad input it cannot see beforehand) is not retried
     monkeypatch.setattr(Sweep, "check_grid", lambda self, fits: None)
     (tmp_path / "flaky.py").write_text(FLAKY)

@@ -20,7 +20,7 @@ from overparam_lit.studies.sweep import Sweep, build_parser, resume_args
 from overparam_lit.studies.sweep import main as sweep_main
 from overparam_lit.testing import TINY_STUDY_BASE
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_fit_commands_follow_the_folder(tmp_path: Path) -> None:

@@ -29,7 +29,7 @@ from overparam_lit.compat import (
     wandb_run_if_started,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class Tiny(L.LightningModule):

@@ -16,7 +16,7 @@ from overparam_lit.cli import main
 from overparam_lit.data import MNIST1D
 from overparam_lit.models import MLP
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def read_metrics(path: Path) -> list[dict[str, str]]:

@@ -339,7 +339,7 @@ def test_widened_checkpoint_loads_and_exports(tmp_path, members):
 def test_cli_fit_and_resume_with_the_widen_fragment(tmp_path, monkeypatch):
     from overparam_lit.cli import main
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[3]
     monkeypatch.chdir(repo)
     # widths given explicitly: the CLI compares the config with the resolved lists in hparams
     common = ["-c", "configs/quickstart.yaml", "--model.width", "8", "--model.seeds", "[0, 1]",

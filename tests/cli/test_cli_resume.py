@@ -25,7 +25,7 @@ from overparam_lit.loggers import CheckpointedCSV
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.testing import KILLED_CLI
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 COMMON = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--seed_everything", "0",
           "--trainer.max_epochs", str(EPOCHS), "--wandb.mode", "disabled",

@@ -25,7 +25,7 @@ from overparam_lit.regions import PlaneBank, fragmentation, label_maps, load_lab
 from overparam_lit.testing import tiny_trainer
 from overparam_lit.utils import ConfigError
 
-HERE = Path(__file__).parent
+HERE = Path(__file__).resolve().parents[2]  # tests/
 # The fits below: MNIST-1D inputs of length 40, batches of 50 out of 200 samples (4 steps an epoch).
 # A conv or BatchNorm reduction sums over batch x positions, the largest sums in these nets.
 N_TERMS, STEPS_PER_EPOCH = 50 * 40, 4

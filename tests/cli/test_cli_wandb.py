@@ -14,7 +14,7 @@ from overparam_lit.loggers import flatten_config
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.testing import read_wandb_run
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_flatten_config_drops_init_args_and_lists_callbacks() -> None:

@@ -17,7 +17,7 @@ from overparam_lit.studies.runs import SweepFolder
 from overparam_lit.studies.spec import make_plan, read_study
 from overparam_lit.studies.sweep import main as sweep_main
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STUDIES = sorted((REPO / "configs").glob("study_*.yaml"))
 
 # reduced runs: (config, --set arguments, expected fits, expected members, figure keys)

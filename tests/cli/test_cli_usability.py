@@ -20,7 +20,7 @@ from overparam_lit.models import MLP
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.utils import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMON = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--wandb.mode", "disabled",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

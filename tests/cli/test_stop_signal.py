@@ -24,7 +24,7 @@ from overparam_lit import stopping
 from overparam_lit.cli import main
 from overparam_lit.runfolder import RunFolder
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EPOCHS = 4
 COMMON = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--seed_everything", "0",
           "--data.num_samples", "1000", "--data.batch_size", "50", "--trainer.max_epochs", str(EPOCHS),

@@ -1,5 +1,5 @@
 """Epoch checkpoints of a run folder: atomic, in write order, and only the last one waits for
-the disk (a killed process cannot lose what it wrote; see tests/test_cli_resume.py for kills)."""
+the disk (a killed process cannot lose what it wrote; see tests/cli/test_cli_resume.py for kills)."""
 
 from __future__ import annotations
 

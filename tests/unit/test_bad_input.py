@@ -24,7 +24,7 @@ from overparam_lit.regions import PlaneBank
 from overparam_lit.stopping import TrainingDiverged
 from overparam_lit.utils import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _fit(root: Path, model: MLP, callbacks: list, epochs: int = 1, **data) -> L.Trainer:

@@ -18,7 +18,7 @@ from overparam_lit import cli
 from overparam_lit.cli import main
 from overparam_lit.runfolder import LOCK_ENV, RunFolder, RunLock
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 COMMON = ["--model", "MLP", "--data", "MNIST1D", "--model.width", "8", "--wandb.mode", "disabled",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]
 

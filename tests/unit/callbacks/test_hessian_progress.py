@@ -23,7 +23,7 @@ from overparam_lit.models import MLP
 from overparam_lit.testing import tiny_trainer
 from overparam_lit.utils import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 START = re.compile(
     r"^hessian probe step (?P<step>\d+): (?P<params>[\d,-]+) parameters x (?P<members>\d+) members?, "
     r"(?P<samples>\d+) samples; at most (?P<total>\d+) products \((?P<budget>[^)]*)\); "
