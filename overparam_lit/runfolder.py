@@ -92,6 +92,25 @@ class RunFolder(metaclass=_StudyArtifacts):
         self.root = Path(root)
 
     @classmethod
+    def reserve(cls, base: str | Path, tries: int = 10000) -> tuple[RunFolder, list[Path]]:
+        """A fresh run folder at ``base``, else ``base-1``, ``base-2``, ...: created with ``mkdir``,
+        which is atomic, so no two fits that start in the same second share one. Returns it and
+        the folders this call created, the run folder first (to remove if the fit never starts)."""
+        base = Path(base)
+        root = base
+        for n in range(1, tries):
+            created = [p for p in reversed(root.parents) if not p.exists()]
+            root.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                root.mkdir()
+            except FileExistsError:
+                root = base.with_name(f"{base.name}-{n}")
+                continue
+            return cls(root), [root, *reversed(created)]
+        raise ConfigError(f"no fresh run folder could be made beside {str(base)!r} after {tries} tries "
+                          "(got every name taken). Give the run a folder with --trainer.default_root_dir.")
+
+    @classmethod
     def of(cls, trainer: Any) -> RunFolder:
         """The run folder of a Lightning trainer (its ``default_root_dir``)."""
         return cls(trainer.default_root_dir)

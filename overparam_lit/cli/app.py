@@ -207,18 +207,10 @@ class OverparamCLI(LightningCLI):
         base = Path("runs") / time.strftime("%Y%m%d-%H%M%S")
         if not self._launch_rank_zero():
             return base
-        root = base
-        for n in range(1, 10000):  # reserve a fresh folder: mkdir is atomic, so no two fits share one
-            try:
-                created = [p for p in reversed(root.parents) if not p.exists()]
-                root.parent.mkdir(parents=True, exist_ok=True)
-                root.mkdir()
-                self._reserved += [root, *reversed(created)]
-                break
-            except FileExistsError:
-                root = base.with_name(f"{base.name}-{n}")
-        self._set(RUN_DIR_ENV, str(root))
-        return root
+        folder, created = RunFolder.reserve(base)
+        self._reserved += created
+        self._set(RUN_DIR_ENV, str(folder.root))
+        return folder.root
 
     def _accept_run_folder(self, subcommand: str) -> None:
         """Lock the run folder and decide whether this fit may use it (under the lock)."""

@@ -339,3 +339,14 @@ def test_check_writable_refuses_files_in_the_way_and_leaves_nothing(tmp_path: Pa
         RunFolder(tmp_path / "file").check_writable()
     with pytest.raises(ConfigError, match="a parent of the run folder is a file, not a folder"):
         RunFolder(tmp_path / "file" / "run").check_writable()
+
+
+def test_reserve_makes_a_fresh_folder_each_time(tmp_path: Path) -> None:
+    base = tmp_path / "runs" / "20261208-010000"
+    first, created = RunFolder.reserve(base)
+    assert first.root == base and created == [base, tmp_path / "runs"]
+    second, created = RunFolder.reserve(base)  # the same second: the next free name
+    third, _ = RunFolder.reserve(base)
+    assert (second.root.name, third.root.name) == ("20261208-010000-1", "20261208-010000-2")
+    assert created == [second.root]  # runs/ existed already
+    assert all(f.root.is_dir() for f in (first, second, third))
