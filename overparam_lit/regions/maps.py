@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from overparam_lit import stopping
+from overparam_lit.evaluation import eval_mode
 from overparam_lit.regions.planes import PlaneBank
 from overparam_lit.utils import check
 
@@ -125,16 +126,11 @@ def label_maps(
     device, dtype = _device_dtype(model)
     planes = list(range(bank.num_planes)) if planes is None else list(planes)
     r = bank.resolution
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
+    with eval_mode(model):  # every submodule's own mode comes back afterwards
         origin, basis, coords, anchor_coords = _bank_tensors(bank, planes, device)
         shape = bank.input_shape
         pr, cf, mg = _evaluate(model, origin, basis, coords, shape, batch_size, device, dtype)
         ap, _, _ = _evaluate(model, origin, basis, anchor_coords, shape, batch_size, device, dtype)
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
     p = len(planes)
     lead = tuple(pr.shape[:-1])  # (M,) for a stack of members
     return LabelMaps(
