@@ -311,10 +311,10 @@ class RunFolder(metaclass=_StudyArtifacts):
         while holding the folder's lock). Returns what was removed."""
         if not self.root.is_dir():
             return []
-        folders = [self.root, self.checkpoints, *(self.root / f for f in registry.study_folders())]
-        folders += [d for f in registry.study_folders() if (self.root / f).is_dir()
-                    for d in (self.root / f).rglob("*") if d.is_dir()]
-        stale = [p for d in folders if d.is_dir() for p in d.glob(".*.tmp") if p.is_file()]
+        stale = [p for d in (self.root, self.checkpoints) if d.is_dir() for p in d.glob(".*.tmp")]
+        # a study's folder and its subfolders (IMP levels), in one walk each
+        stale += [p for f in registry.study_folders() for p in (self.root / f).rglob(".*.tmp")]
+        stale = [p for p in stale if p.is_file()]
         for path in stale:
             path.unlink(missing_ok=True)
         return stale
