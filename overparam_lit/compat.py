@@ -38,14 +38,34 @@ def save_checkpoints_now(callback: ModelCheckpoint, trainer: L.Trainer, epoch: i
     ``ModelCheckpoint`` only saves from its own hooks; this runs the same two steps it runs at
     the end of a training epoch. ``epoch`` replaces the ``{epoch}`` value used to format the
     file name (the trainer's ``current_epoch`` by default).
+
+    Without a monitored metric both files hold the same state (``last_model_path`` is set before
+    either is written), so a local ``last.ckpt`` is not built and serialised a second time: it is
+    a copy of the top-k file's bytes (:func:`~overparam_lit.utils.atomic_copy`), a file of its
+    own, so a damaged one still leaves the other to resume from. That halves the cost of a tiny
+    net's checkpoint every epoch.
     """
+    import torch
+
+    from overparam_lit.utils import atomic_copy
+
     candidates: dict[str, Any] = callback._monitor_candidates(trainer)
     if epoch is not None:
-        import torch
-
         candidates["epoch"] = torch.tensor(int(epoch))
+    local = "://" not in str(callback.dirpath) or str(callback.dirpath).startswith("file://")
+    if (not callback.save_last or callback.save_last == "link" or callback.save_top_k != 1
+            or callback.monitor is not None or callback._enable_version_counter or not local):
+        callback._save_topk_checkpoint(trainer, candidates)
+        callback._save_last_checkpoint(trainer, candidates)
+        return
+    last = callback.format_checkpoint_name(candidates, callback.CHECKPOINT_NAME_LAST)
+    previous, callback.last_model_path = callback.last_model_path, last  # part of the saved state
     callback._save_topk_checkpoint(trainer, candidates)
-    callback._save_last_checkpoint(trainer, candidates)
+    if trainer.is_global_zero:
+        atomic_copy(str(callback.best_model_path).removeprefix("file://"), last.removeprefix("file://"))
+    trainer.strategy.barrier("save_checkpoints_now")
+    if previous and previous != last and callback._should_remove_checkpoint(trainer, previous, last):
+        callback._remove_checkpoint(trainer, previous)
 
 
 def mark_epoch_boundary(checkpoint: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import importlib
 import io
 import json
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -117,6 +118,12 @@ def atomic_write(path: str | Path, write: Any, sync: bool | None = None) -> Path
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def atomic_copy(source: str | Path, path: str | Path) -> Path:
+    """Copy the bytes of ``source`` to ``path`` atomically (see :func:`atomic_write`): a file of
+    its own, which outlives any later change to ``source``."""
+    return atomic_write(Path(path), lambda tmp: shutil.copyfile(source, tmp))
 
 
 def atomic_save(obj: Any, path: str | Path) -> Path:

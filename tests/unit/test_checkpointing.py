@@ -27,6 +27,7 @@ from overparam_lit.checkpointing import (
 from overparam_lit.loggers import CheckpointedCSVCallback
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.testing import Blobs, small_mlp, tiny_trainer
+from overparam_lit.utils import atomic_copy
 
 
 # ---- the writer ----------------------------------------------------------------------------------
@@ -53,6 +54,17 @@ def test_a_failed_write_keeps_the_old_checkpoint(tmp_path: Path) -> None:
     assert target.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
     with pytest.raises(TypeError, match="storage_options"):
         io.save_checkpoint({"state_dict": {}}, target, storage_options={"x": 1})
+
+
+def test_atomic_copy_is_a_file_of_its_own(tmp_path: Path) -> None:
+    source, path = tmp_path / "epoch=001.ckpt", tmp_path / "last.ckpt"
+    path.write_bytes(b"old")
+    source.write_bytes(b"new checkpoint")
+    atomic_copy(source, path)
+    assert path.read_bytes() == b"new checkpoint" and not os.path.samefile(source, path)
+    source.write_bytes(b"damaged")
+    assert path.read_bytes() == b"new checkpoint"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch=001.ckpt", "last.ckpt"]  # no temporary
 
 
 def test_a_remote_url_goes_to_lightning_s_writer(tmp_path: Path) -> None:

@@ -88,6 +88,37 @@ def test_save_checkpoints_now_writes_topk_and_last(tmp_path: Path) -> None:
     assert torch.load(ck / "last.ckpt", weights_only=True)["global_step"] == 8  # the end of fit
 
 
+def test_save_checkpoints_now_serialises_once_and_copies_last(tmp_path: Path) -> None:
+    """last.ckpt holds the bytes of the top-k file (one serialisation) in a file of its own, with
+    the state a separate save would hold; the next save leaves no other file behind."""
+    ck = tmp_path / "ck"
+    cb = RunCheckpoint(ck)
+    saved: list[str] = []
+    states = []
+
+    class Count(L.Callback):
+        def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+            saved.append(trainer.current_epoch)
+
+    class SaveNow(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module) -> None:
+            if trainer.current_epoch in (1, 2):
+                del saved[:]
+                save_checkpoints_now(cb, trainer, epoch=trainer.current_epoch - 1)
+                files = sorted(p.name for p in ck.iterdir())
+                top = ck / f"epoch={trainer.current_epoch - 1:03d}.ckpt"
+                assert files == [top.name, "last.ckpt"] and len(saved) == 1, (files, saved)
+                assert top.read_bytes() == (ck / "last.ckpt").read_bytes()
+                assert not os.path.samefile(top, ck / "last.ckpt")
+                state = torch.load(ck / "last.ckpt", weights_only=False)
+                states.append(state["callbacks"][cb.state_key])
+
+    trainer(tmp_path, [SaveNow(), Count(), cb], epochs=3).fit(Tiny(), loader())
+    for state in states:  # as a separate save of last.ckpt would have recorded it
+        assert Path(state["last_model_path"]).name == "last.ckpt"
+        assert Path(state["best_model_path"]).name.startswith("epoch=")
+
+
 def test_mark_epoch_boundary_resumes_with_the_next_epoch(tmp_path: Path) -> None:
     """RunCheckpoint saves at the next epoch's start with the mark; the resume trains every epoch."""
     fake = {"loops": {"fit_loop": {"epoch_progress": {"total": {"ready": 3, "started": 2},
