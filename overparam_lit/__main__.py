@@ -1,5 +1,5 @@
-"""``python -m overparam_lit`` runs the CLI."""
+"""``python -m overparam_lit`` runs the CLI (through :mod:`overparam_lit.entry`, as the command does)."""
 
-from overparam_lit.cli import main
+from overparam_lit.entry import main
 
 main()

@@ -59,9 +59,8 @@ try:
         DefineWandbAxes,
         WandbOptions,
         make_loggers,
-        resolve_wandb_mode,
-        wandb_has_credentials,
     )
+    from overparam_lit.wandb_mode import resolve_wandb_mode, wandb_has_credentials
 finally:
     gc.freeze()
     if _collecting:

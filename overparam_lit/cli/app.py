@@ -47,6 +47,7 @@ from overparam_lit.cli.wandb import (
 )
 from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.data.base import ArrayDataModule
+from overparam_lit.entry import settle_early_wandb
 from overparam_lit.loggers import MetricsCSVCheckpoint, RunCSVLogger, flatten_config
 from overparam_lit.models.base import OverparamModule
 from overparam_lit.runfolder import RunFolder, RunLock, read_checkpoint
@@ -256,7 +257,9 @@ class OverparamCLI(LightningCLI):
         self._check_instantiated()
         self.checkpoint = None  # checked; Lightning loads it again itself
         self._accept_run_folder(subcommand)
-        if self.wandb_mode != "disabled" and self._launch_rank_zero() and self.trainer.is_global_zero:
+        runs_wandb = self._launch_rank_zero() and self.trainer.is_global_zero
+        settle_early_wandb(self.wandb_mode if runs_wandb else "disabled")
+        if self.wandb_mode != "disabled" and runs_wandb:
             start_wandb_service(self.trainer.loggers, self.wandb_mode == "offline")
 
     def before_fit(self) -> None:

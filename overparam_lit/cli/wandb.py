@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 
 from overparam_lit.compat import wandb_run_if_started
 from overparam_lit.loggers import RunCSVLogger, RunWandbLogger
+from overparam_lit.wandb_mode import resolve_wandb_mode
 
 
 @dataclass
@@ -39,29 +40,6 @@ class WandbOptions:
     name: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-
-
-def wandb_has_credentials() -> bool:
-    """True when an API key is configured through the environment or ``~/.netrc``."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
-
-
-def resolve_wandb_mode(mode: str) -> str:
-    """Turn ``auto`` into ``online`` or ``offline``; never prompts and never waits on a network."""
-    env = os.environ.get("WANDB_MODE", "").lower()
-    if mode == "auto":
-        if env in ("online", "offline", "disabled"):
-            return env
-        if env == "dryrun":
-            return "offline"
-        return "online" if wandb_has_credentials() else "offline"
-    return mode
 
 
 def make_loggers(root: Path, options: WandbOptions, wandb_config: Mapping[str, Any] | None = None,

@@ -27,7 +27,7 @@ try:
     runpy.run_module("overparam_lit", run_name="__main__")
 finally:
     with open(out, "w") as fh:
-        fh.write("\\n".join(sorted(sys.modules)))
+        fh.write("\\n".join(sys.modules))  # in the order they were loaded
 """
 
 
@@ -157,6 +157,102 @@ def test_cli_import_freezes_its_objects_and_keeps_the_collector(collector: str) 
     assert state["frozen"] > 100_000  # Lightning, torch and ours: about half a million
     assert state["args"] == [False, 0]
     assert state["argv"][0] is True and state["argv"][1] >= 1  # gc.freeze registered for exit
+
+
+# ---- W&B ahead of Lightning -----------------------------------------------------------------------
+@pytest.mark.parametrize("args, env, expect", [
+    (["fit", "-c", "configs/quickstart.yaml"], {}, "offline"),  # auto without credentials
+    (["fit", "--wandb.mode", "disabled"], {}, "disabled"),
+    (["fit", "--wandb.mode=disabled"], {}, "disabled"),
+    (["fit", "--wandb.mode", "disabled", "--wandb.mode", "online"], {}, "online"),  # the last counts
+    (["fit"], {"WANDB_MODE": "disabled"}, "disabled"),
+    (["fit"], {"WANDB_MODE": "DISABLED"}, "disabled"),
+    (["fit"], {"WANDB_MODE": "dryrun"}, "offline"),
+    (["fit", "--wandb.mode", "offline"], {"WANDB_MODE": "disabled"}, "offline"),  # env decides auto only
+    (["fit", "-c", "CFG_OFF"], {}, "disabled"),
+    (["fit", "--config=CFG_OFF"], {}, "disabled"),
+    (["fit", "-c", "CFG_OFF", "--wandb.mode", "online"], {}, "online"),
+    (["fit", "-c", "CFG_OFF", "-c", "configs/quickstart.yaml"], {}, "disabled"),  # sets no mode
+    (["fit", "-c", "no/such/file.yaml"], {}, "offline"),
+    (["fit", "--wandb", "{mode: online}"], {}, None),  # a form it does not read: no early start
+    (["test", "-c", "configs/quickstart.yaml"], {"WANDB_MODE": "online"}, "online"),
+    (["fit", "--help"], {}, "disabled"),
+    (["fit", "-c", "configs/quickstart.yaml", "--print_config"], {}, "disabled"),
+    (["sweep", "-c", "configs/quickstart.yaml"], {}, "disabled"),
+    (["predict"], {}, "disabled"),
+    ([], {}, "disabled"),
+    (["fit"], {"LOCAL_RANK": "1"}, "disabled"),
+])
+def test_command_wandb_mode(tmp_path: Path, monkeypatch, args: list[str], env: dict[str, str],
+                            expect: str | None) -> None:
+    from overparam_lit import wandb_mode
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(wandb_mode, "wandb_has_credentials", lambda: False)
+    off = tmp_path / "off.yaml"
+    off.write_text("wandb:\n  mode: disabled\n")
+    args = [a.replace("CFG_OFF", str(off)) for a in args]
+    assert wandb_mode.command_wandb_mode(args, env) == expect
+
+
+@pytest.mark.parametrize("extra, env", [
+    ([], {}),
+    (["--wandb.mode", "disabled"], {}),
+    (["-c", "OFF"], {}),
+    (["-c", "OFF", "--wandb.mode", "offline"], {}),
+    ([], {"WANDB_MODE": "disabled"}),
+    (["--wandb.mode", "online"], {"WANDB_MODE": "disabled"}),
+])
+def test_command_wandb_mode_agrees_with_the_cli(tmp_path: Path, monkeypatch, extra: list[str],
+                                                env: dict[str, str]) -> None:
+    """The mode read from the command line equals the one the CLI resolves from the parsed config."""
+    from overparam_lit.cli import OverparamCLI
+    from overparam_lit.wandb_mode import command_wandb_mode
+
+    off = tmp_path / "off.yaml"
+    off.write_text("wandb:\n  mode: disabled\n")
+    extra = [str(off) if a == "OFF" else a for a in extra]
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    args = ["-c", str(REPO / "configs" / "quickstart.yaml"), *extra,
+            "--trainer.default_root_dir", str(tmp_path / "run")]
+    cli = OverparamCLI(run=False, args=args)
+    assert command_wandb_mode(["fit", *args]) == cli.wandb_mode
+
+
+def test_an_early_wandb_start_of_another_mode_is_undone(monkeypatch) -> None:
+    """The CLI resolved another mode than the command line suggested: the early start is torn
+    down and the environment it changed is as before; the same mode keeps it."""
+    import wandb
+
+    from overparam_lit import entry
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_SILENT", raising=False)
+    torn = []
+    monkeypatch.setattr(wandb, "teardown", lambda *a, **k: torn.append(True))
+    monkeypatch.setattr(wandb, "setup", lambda *a, **k: None)
+    entry.start_wandb_early("offline")
+    assert os.environ["WANDB_MODE"] == "dryrun" and os.environ["WANDB_SILENT"] == "true"
+    entry.settle_early_wandb("disabled")
+    assert torn == [True] and os.environ["WANDB_MODE"] == "offline" and "WANDB_SILENT" not in os.environ
+    entry.settle_early_wandb("disabled")  # settled once
+    assert torn == [True]
+    entry.start_wandb_early("offline")
+    entry.settle_early_wandb("offline")
+    assert torn == [True] and os.environ["WANDB_MODE"] == "dryrun"
+
+
+def test_a_fit_with_wandb_imports_it_before_lightning(tmp_path: Path) -> None:
+    """``overparam-lit fit`` with W&B on loads W&B's launch-inputs module before Lightning (the
+    modules are recorded in the order they were loaded)."""
+    modules, _ = _modules(tmp_path, argv=(
+        "fit", "-c", "configs/quickstart.yaml", "--trainer.max_epochs", "1", "--data.num_samples", "200",
+        "--trainer.default_root_dir", str(tmp_path / "run")))
+    order = (tmp_path / "modules.txt").read_text().split()
+    assert order.index("wandb.sdk.launch.inputs.internal") < order.index("lightning")
+    assert (tmp_path / "run" / "wandb").is_dir()
 
 
 # ---- the lazy packages ---------------------------------------------------------------------------

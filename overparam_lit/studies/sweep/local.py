@@ -5,7 +5,6 @@ the fits it refers to are done."""
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shlex
 import subprocess
@@ -13,8 +12,6 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from overparam_lit.runfolder import RunFolder
 from overparam_lit.stopping import DIVERGED_EXIT_CODE, REQUEUE_EXIT_CODE
@@ -177,19 +174,11 @@ class LocalPool:
     def _uses_wandb(self) -> bool:
         """True when some fit logs to W&B (``--wandb.mode`` of its configs and arguments, not
         ``disabled``): the fit servers import wandb once then."""
-        from overparam_lit.cli import resolve_wandb_mode
+        from overparam_lit.wandb_mode import resolve_wandb_mode, wandb_mode_in
 
-        mode = "auto"
-        for cfg in self.plan.configs:
-            with contextlib.suppress(Exception):
-                wandb = (yaml.safe_load(Path(cfg).read_text()) or {}).get("wandb")
-                if isinstance(wandb, dict) and wandb.get("mode"):
-                    mode = str(wandb["mode"])
-        modes = set()
-        for fit in self.plan.fits:
-            args = self.plan.command(fit)
-            own = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "--wandb.mode"]
-            modes.add(resolve_wandb_mode(own[-1] if own else mode))
+        base = wandb_mode_in([arg for cfg in self.plan.configs for arg in ("-c", str(cfg))])
+        modes = {resolve_wandb_mode(wandb_mode_in(self.plan.command(fit), default=base))
+                 for fit in self.plan.fits}
         return modes != {"disabled"}
 
     def _stop_servers(self) -> None:
