@@ -216,11 +216,9 @@ class OverparamModule(MemberNetworks, StepCalls, DivergenceWatch, EpochMetrics, 
         if type(self).loss is OverparamModule.loss:  # the default losses without vmap's overhead
             m, b = outputs.shape[0], outputs.shape[1]
             if self.task == "classification":
-                # classes in the middle, (M, C, B): on the CPU the softmax over a short last
-                # dimension (10 classes) takes about five times as long as over a strided one
-                ce = nn.functional.cross_entropy(outputs.transpose(1, 2), targets.expand(m, b),
+                ce = nn.functional.cross_entropy(outputs.reshape(m * b, -1), targets.repeat(m),
                                                  reduction="none")
-                return ce.mean(1)
+                return ce.reshape(m, b).mean(1)
             return (outputs - targets.reshape(outputs.shape[1:])).pow(2).reshape(m, -1).mean(1)
         return torch.vmap(self.loss, in_dims=(0, None))(outputs, targets)
 
