@@ -115,8 +115,9 @@ def print_run_summary(folder: RunFolder, summary: Mapping[str, float], offline: 
             f"value ({growth['first']:.4g} -> {growth['loss']:.4g} in epoch {int(growth['epoch']) + 1}): "
             "training diverged without reaching NaN. Lower the learning rate, or add warm-up or "
             "gradient clipping.")
-    lines.append(f"Metrics: {folder.metrics_csv} (one row per logging step; "
-                 "overparam_lit.studies.read_metrics_csv reads it)")
+    if folder.metrics_csv.is_file():  # not with --trainer.logger false
+        lines.append(f"Metrics: {folder.metrics_csv} (one row per logging step; "
+                     "overparam_lit.studies.read_metrics_csv reads it)")
     runs = folder.wandb_offline_runs()
     if offline and runs:
         lines.append(f"W&B (offline): wandb sync {runs[-1]}")

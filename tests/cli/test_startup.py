@@ -255,6 +255,17 @@ def test_a_fit_with_wandb_imports_it_before_lightning(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "wandb").is_dir()
 
 
+def test_an_early_wandb_start_is_undone_when_the_config_turns_loggers_off(tmp_path: Path) -> None:
+    """The command line suggests an offline W&B run, the trainer config has no loggers: the fit
+    runs without W&B and its summary names no metrics file."""
+    modules, out = _modules(tmp_path, argv=(
+        "fit", "-c", "configs/quickstart.yaml", "--trainer.max_epochs", "1", "--data.num_samples", "200",
+        "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path / "run")))
+    assert "wandb" in modules  # started early, then undone
+    assert "Run folder:" in out and "Metrics:" not in out and "wandb sync" not in out
+    assert not (tmp_path / "run" / "wandb").exists() and not (tmp_path / "run" / "metrics.csv").exists()
+
+
 # ---- the lazy packages ---------------------------------------------------------------------------
 def test_lazy_package_names_are_the_functions() -> None:
     import importlib
