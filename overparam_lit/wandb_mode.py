@@ -83,8 +83,8 @@ def command_wandb_mode(args: Sequence[str], env: Mapping[str, str] | None = None
         return "disabled"
     if any(a in ("-h", "--help") or a.startswith("--print_config") for a in args):
         return "disabled"
-    if env.get("LOCAL_RANK", "0") != "0" or env.get("RANK", "0") != "0":
-        return "disabled"  # DDP ranks other than zero log nothing
+    if any(env.get(key, "0") != "0" for key in ("LOCAL_RANK", "RANK", "SLURM_PROCID")):
+        return "disabled"  # DDP ranks other than zero (torchrun, Lightning, srun) log nothing
     if any(a == "--wandb" or a.startswith("--wandb=") for a in args):
         return None
     return resolve_wandb_mode(wandb_mode_in(args[1:]), env)

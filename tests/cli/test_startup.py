@@ -182,6 +182,8 @@ def test_cli_import_freezes_its_objects_and_keeps_the_collector(collector: str) 
     (["predict"], {}, "disabled"),
     ([], {}, "disabled"),
     (["fit"], {"LOCAL_RANK": "1"}, "disabled"),
+    (["fit"], {"SLURM_PROCID": "3"}, "disabled"),
+    (["fit"], {"SLURM_PROCID": "0", "WANDB_MODE": "offline"}, "offline"),
 ])
 def test_command_wandb_mode(tmp_path: Path, monkeypatch, args: list[str], env: dict[str, str],
                             expect: str | None) -> None:
