@@ -10,6 +10,8 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from overparam_lit.fragments import resolve_fragment
+
 RUN_SUBCOMMANDS = ("fit", "validate", "test")
 """The subcommands that start a W&B run (unless W&B is disabled)."""
 
@@ -63,13 +65,14 @@ def config_wandb_mode(path: str | Path) -> str | None:
 
 def wandb_mode_in(args: Sequence[str], default: str = "auto") -> str:
     """The ``--wandb.mode`` a command line asks for: its last ``--wandb.mode`` option, else the
-    last of its ``-c``/``--config`` files that sets ``wandb.mode``, else ``default``."""
+    last of its ``-c``/``--config`` files (or the packaged fragments they name, as the CLI reads
+    them) that sets ``wandb.mode``, else ``default``."""
     given = _option_values(args, "--wandb.mode")
     if given:
         return given[-1]
     mode = default
     for path in _option_values(args, "-c", "--config"):
-        mode = config_wandb_mode(path) or mode
+        mode = config_wandb_mode(resolve_fragment(path)) or mode
     return mode
 
 

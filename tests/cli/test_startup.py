@@ -197,6 +197,22 @@ def test_command_wandb_mode(tmp_path: Path, monkeypatch, args: list[str], env: d
     assert wandb_mode.command_wandb_mode(args, env) == expect
 
 
+def test_command_wandb_mode_reads_a_packaged_fragment(tmp_path: Path, monkeypatch) -> None:
+    """``-c configs/x.yaml`` missing from the working folder is the packaged fragment, for the
+    reader as for the CLI."""
+    from overparam_lit import fragments, wandb_mode
+
+    packaged = tmp_path / "packaged"
+    (packaged / "configs").mkdir(parents=True)
+    (packaged / "configs" / "off.yaml").write_text("wandb:\n  mode: disabled\n")
+    monkeypatch.setattr(fragments, "FRAGMENTS", packaged)
+    monkeypatch.chdir(tmp_path)
+    assert wandb_mode.command_wandb_mode(["fit", "-c", "configs/off.yaml"], {}) == "disabled"
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "off.yaml").write_text("wandb:\n  mode: online\n")  # the local file wins
+    assert wandb_mode.command_wandb_mode(["fit", "-c", "configs/off.yaml"], {}) == "online"
+
+
 @pytest.mark.parametrize("extra, env", [
     ([], {}),
     (["--wandb.mode", "disabled"], {}),
