@@ -43,28 +43,39 @@ def _collector_paused() -> Iterator[None]:
             gc.enable()
 
 
-def start_wandb_early(mode: str) -> None:
-    """Import W&B and the module ``wandb.init`` imports (with the cycle collector paused, as the
-    CLI's own imports are) while its service starts in a thread, with the environment
-    :func:`~overparam_lit.cli.wandb.make_loggers` and ``start_wandb_service`` set for ``mode``."""
+def start_wandb(mode: str) -> threading.Thread | None:
+    """Import W&B (with the cycle collector paused, as the CLI's own imports are), set the
+    environment W&B reads at set-up for ``mode`` (``WANDB_SILENT``, and ``WANDB_MODE=dryrun``
+    offline, as ``WandbLogger`` does before ``wandb.init``), and start W&B's service in a thread
+    while this thread imports the module ``wandb.init`` imports next. Returns the thread (an error
+    in it is left for ``wandb.init`` to raise); ``None`` without W&B."""
     with _collector_paused():
         try:
             import wandb
         except ImportError:
-            return
-        _EARLY.update(mode=mode, env={k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")})
+            return None
         os.environ.setdefault("WANDB_SILENT", "true")
         if mode == "offline":
             os.environ["WANDB_MODE"] = "dryrun"
 
         def setup() -> None:
-            with contextlib.suppress(Exception):  # an error is left for wandb.init to raise
+            with contextlib.suppress(Exception):
                 wandb.setup()
 
-        _EARLY["thread"] = threading.Thread(target=setup, name="wandb-service-start", daemon=True)
-        _EARLY["thread"].start()
+        service = threading.Thread(target=setup, name="wandb-service-start", daemon=True)
+        service.start()
         with contextlib.suppress(ImportError):
             import wandb.sdk.launch.inputs.internal  # noqa: F401
+    return service
+
+
+def start_wandb_early(mode: str) -> None:
+    """:func:`start_wandb` before the CLI loads, remembering what :func:`settle_early_wandb` needs
+    to undo it."""
+    env = {k: os.environ.get(k) for k in ("WANDB_MODE", "WANDB_SILENT")}
+    service = start_wandb(mode)
+    if service is not None:
+        _EARLY.update(mode=mode, env=env, thread=service)
 
 
 def settle_early_wandb(mode: str) -> None:

@@ -3,9 +3,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, WandbLogger
 
 from overparam_lit.compat import wandb_run_if_started
+from overparam_lit.entry import start_wandb
 from overparam_lit.loggers import RunCSVLogger, RunWandbLogger
 from overparam_lit.wandb_mode import resolve_wandb_mode
 
@@ -70,32 +69,23 @@ def make_loggers(root: Path, options: WandbOptions, wandb_config: Mapping[str, A
 
 def start_wandb_service(loggers: Iterable[Logger], offline: bool) -> None:
     """Start W&B's service process for the W&B run of :func:`make_loggers` that the fit is about to
-    start (rank zero; ``offline`` as resolved there).
+    start (rank zero; ``offline`` as resolved there), and wait for it.
 
     ``wandb.init`` starts the service and waits for it (a fifth of a second), then imports W&B's
-    launch-inputs module (half a second in a process that has loaded Lightning). Here the service
-    starts in a thread (``wandb.setup``, W&B's own way to start it early) while this thread imports
-    that module; ``wandb.init`` then finds both ready and starts the run as it would have. An error
-    is left for ``wandb.init`` to raise. ``offline`` sets ``WANDB_MODE`` as ``WandbLogger`` does
-    before ``wandb.init``, since W&B reads its settings from the environment when it is set up."""
+    launch-inputs module (half a second in a process that has loaded Lightning).
+    :func:`~overparam_lit.entry.start_wandb` starts the service in a thread (``wandb.setup``, W&B's
+    own way to start it early) while this thread imports that module; ``wandb.init`` then finds
+    both ready and starts the run as it would have. After the command's early start
+    (:mod:`overparam_lit.entry`) both are there already."""
     if not any(isinstance(lg, RunWandbLogger) and wandb_run_if_started(lg) is None for lg in loggers):
         return
     import wandb
 
     if wandb.run is not None:
         return
-    if offline:
-        os.environ["WANDB_MODE"] = "dryrun"
-
-    def start() -> None:
-        with contextlib.suppress(Exception):
-            wandb.setup()
-
-    service = threading.Thread(target=start, name="wandb-service-start", daemon=True)
-    service.start()
-    with contextlib.suppress(ImportError):
-        import wandb.sdk.launch.inputs.internal  # noqa: F401  (what wandb.init imports next)
-    service.join()
+    service = start_wandb("offline" if offline else "online")
+    if service is not None:
+        service.join()
 
 
 class DefineWandbAxes(Callback):
