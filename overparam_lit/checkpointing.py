@@ -35,7 +35,7 @@ from overparam_lit import stopping
 from overparam_lit.compat import mark_epoch_boundary, save_checkpoints_now
 from overparam_lit.models.steps import StepAwareCallback
 from overparam_lit.runfolder import RunFolder
-from overparam_lit.utils import atomic_write, fsync_deferred, fsync_path
+from overparam_lit.utils import atomic_write, fsync_deferred, fsync_path, local_file
 
 __all__ = ["AtomicCheckpointIO", "EpochBoundary", "RunCheckpoint", "StopOnSignal", "resumes_after_stop"]
 
@@ -46,11 +46,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
                         storage_options: Any | None = None) -> None:
-        if "://" in str(path) and not str(path).startswith("file://"):
+        target = local_file(path)
+        if target is None:
             return super().save_checkpoint(checkpoint, path, storage_options)
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} does not take storage_options")
-        target = Path(str(path).removeprefix("file://"))
 
         def write(tmp: str) -> None:
             with open(tmp, "wb") as fh:

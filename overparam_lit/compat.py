@@ -47,14 +47,14 @@ def save_checkpoints_now(callback: ModelCheckpoint, trainer: L.Trainer, epoch: i
     """
     import torch
 
-    from overparam_lit.utils import atomic_copy
+    from overparam_lit.utils import atomic_copy, local_file
 
     candidates: dict[str, Any] = callback._monitor_candidates(trainer)
     if epoch is not None:
         candidates["epoch"] = torch.tensor(int(epoch))
-    local = "://" not in str(callback.dirpath) or str(callback.dirpath).startswith("file://")
     if (not callback.save_last or callback.save_last == "link" or callback.save_top_k != 1
-            or callback.monitor is not None or callback._enable_version_counter or not local):
+            or callback.monitor is not None or callback._enable_version_counter
+            or local_file(callback.dirpath) is None):
         callback._save_topk_checkpoint(trainer, candidates)
         callback._save_last_checkpoint(trainer, candidates)
         return
@@ -62,7 +62,7 @@ def save_checkpoints_now(callback: ModelCheckpoint, trainer: L.Trainer, epoch: i
     previous, callback.last_model_path = callback.last_model_path, last  # part of the saved state
     callback._save_topk_checkpoint(trainer, candidates)
     if trainer.is_global_zero:
-        atomic_copy(str(callback.best_model_path).removeprefix("file://"), last.removeprefix("file://"))
+        atomic_copy(local_file(callback.best_model_path), local_file(last))
     trainer.strategy.barrier("save_checkpoints_now")
     if previous and previous != last and callback._should_remove_checkpoint(trainer, previous, last):
         callback._remove_checkpoint(trainer, previous)

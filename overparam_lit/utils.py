@@ -120,6 +120,15 @@ def atomic_write(path: str | Path, write: Any, sync: bool | None = None) -> Path
     return path
 
 
+def local_file(path: str | Path) -> Path | None:
+    """The local path that ``path`` or a ``file://`` URL names; ``None`` for another URL
+    (``s3://``, ``memory://``), which Lightning's fsspec writers handle."""
+    text = str(path)
+    if "://" in text and not text.startswith("file://"):
+        return None
+    return Path(text.removeprefix("file://"))
+
+
 def atomic_copy(source: str | Path, path: str | Path) -> Path:
     """Copy the bytes of ``source`` to ``path`` atomically (see :func:`atomic_write`): a file of
     its own, which outlives any later change to ``source``."""
