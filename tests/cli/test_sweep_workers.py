@@ -152,3 +152,27 @@ def test_forked_fits_logging_to_wandb_one_after_another(tmp_path: Path) -> None:
     assert [r["status"] for r in read_csv(tmp_path / "s" / "results.csv")] == ["done"] * 4
     for log in (tmp_path / "s" / "logs").iterdir():
         assert "Traceback" not in log.read_text(), log.read_text()[-2000:]
+
+
+@pytest.mark.parametrize("base, fit_args, env, expect", [
+    ("wandb:\n  mode: disabled\n", [[], []], {}, False),
+    ("wandb:\n  mode: disabled\n", [[], ["--wandb.mode", "offline"]], {}, True),  # one fit logs
+    ("seed_everything: 0\n", [[]], {"WANDB_MODE": "disabled"}, False),
+    ("seed_everything: 0\n", [[]], {"WANDB_MODE": "offline"}, True),
+])
+def test_fit_servers_preload_wandb_only_where_a_fit_logs_to_it(tmp_path: Path, monkeypatch, base: str,
+                                                               fit_args: list[list[str]],
+                                                               env: dict[str, str], expect: bool) -> None:
+    """The sweep reads each fit's W&B mode from its configs and its own arguments."""
+    from types import SimpleNamespace
+
+    from overparam_lit.studies.sweep.local import LocalPool
+
+    cfg = tmp_path / "study.yaml"
+    cfg.write_text(base)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    pool = LocalPool.__new__(LocalPool)
+    pool.plan = SimpleNamespace(configs=[cfg], fits=[SimpleNamespace(args=a) for a in fit_args])
+    assert pool._uses_wandb() is expect

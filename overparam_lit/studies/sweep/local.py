@@ -177,8 +177,7 @@ class LocalPool:
         from overparam_lit.wandb_mode import resolve_wandb_mode, wandb_mode_in
 
         base = wandb_mode_in([arg for cfg in self.plan.configs for arg in ("-c", str(cfg))])
-        modes = {resolve_wandb_mode(wandb_mode_in(self.plan.command(fit), default=base))
-                 for fit in self.plan.fits}
+        modes = {resolve_wandb_mode(wandb_mode_in(fit.args, default=base)) for fit in self.plan.fits}
         return modes != {"disabled"}
 
     def _stop_servers(self) -> None:
