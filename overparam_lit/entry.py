@@ -4,7 +4,7 @@ when the command line is going to start a W&B run, then runs :func:`overparam_li
 Why the order matters: ``wandb.init`` imports W&B's launch-inputs module, whose pydantic models
 each look up the module they were defined in by walking every loaded module
 (``inspect.getmodule`` on an import frame). After Lightning, torchmetrics and torch (about 3,600
-modules) that walk costs about 0.4 s of every fit; before them, a tenth of that. W&B's service
+modules) that walk costs 0.3-0.4 s of every fit; before them, a third of that. W&B's service
 process starts here too (``wandb.setup``, in a thread), so it comes up while Lightning imports.
 
 The mode is read from the command line (:func:`~overparam_lit.wandb_mode.command_wandb_mode`)
